@@ -1,0 +1,62 @@
+"""Pieces every PyTorch layer shares: mask constants, input checks, explicit randomness."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from attnbench.reference import KEY_NORM_EPS, MASK_VALUE, SELF_MASK_VALUE
+
+__all__ = ["KEY_NORM_EPS", "MASK_VALUE", "SELF_MASK_VALUE", "check_qkv", "derive_generator",
+           "dropout", "logits_dtype", "normalize_keys"]
+
+_SEED_MASK = (1 << 63) - 1
+_STREAM_STRIDE = 0x9E3779B97F4A7C15  # odd constant: distinct streams get far-apart seeds
+
+
+def check_qkv(name_shapes: dict[str, torch.Tensor], *, same_d: bool) -> None:
+    """Raise a ValueError naming the tensor and the rule unless all are [batch, heads, len, d]
+    with equal batch, heads and length (and equal d when ``same_d``)."""
+    first_name, first = next(iter(name_shapes.items()))
+    for name, t in name_shapes.items():
+        if t.dim() != 4:
+            raise ValueError(f"{name}.shape={tuple(t.shape)}: must be [batch, heads, length, d]")
+        if t.shape[:3] != first.shape[:3]:
+            raise ValueError(f"{name}.shape={tuple(t.shape)}: batch, heads and length must match "
+                             f"{first_name}.shape={tuple(first.shape)}")
+        if same_d and t.shape[3] != first.shape[3]:
+            raise ValueError(f"{name}.shape={tuple(t.shape)}: d_head must match "
+                             f"{first_name}.shape={tuple(first.shape)}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name}.dtype={t.dtype}: must be a floating-point tensor")
+
+
+def logits_dtype(x: torch.Tensor) -> torch.dtype:
+    """Logits, masks and softmax run in float32, or float64 for float64 inputs."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def normalize_keys(qk: torch.Tensor) -> torch.Tensor:
+    """k = q * rsqrt(mean(q**2) + eps) / sqrt(d), in the logits dtype (unit-length keys)."""
+    qk = qk.to(logits_dtype(qk))
+    return qk * torch.rsqrt(qk.pow(2).mean(-1, keepdim=True) + KEY_NORM_EPS) / math.sqrt(
+        qk.shape[-1])
+
+
+def derive_generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
+    """A generator for one (seed, stream) pair: the same pair always replays the same draws,
+    and nothing touches the global RNG."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed + stream * _STREAM_STRIDE) & _SEED_MASK)
+    return gen
+
+
+def dropout(x: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Inverted dropout drawing its mask from ``generator`` (replayable, unlike F.dropout)."""
+    if rate == 0.0:
+        return x
+    if generator is None:
+        raise ValueError("dropout > 0 needs an explicit generator (got generator=None)")
+    keep = torch.empty_like(x).bernoulli_(1.0 - rate, generator=generator)
+    return x * keep / (1.0 - rate)
