@@ -9,6 +9,7 @@ import torch
 from attnbench.reference import KEY_NORM_EPS, MASK_VALUE, SELF_MASK_VALUE
 
 __all__ = ["KEY_NORM_EPS", "MASK_VALUE", "SELF_MASK_VALUE", "check_qkv", "derive_generator",
+           "derive_seed", "draw_seeds",
            "dropout", "logits_dtype", "normalize_keys"]
 
 _SEED_MASK = (1 << 63) - 1
@@ -44,12 +45,23 @@ def normalize_keys(qk: torch.Tensor) -> torch.Tensor:
         qk.shape[-1])
 
 
+def derive_seed(seed: int, stream: int) -> int:
+    """A seed for sub-stream ``stream`` of ``seed`` (distinct streams, far-apart seeds)."""
+    return (seed + (stream + 1) * _STREAM_STRIDE) & _SEED_MASK
+
+
 def derive_generator(seed: int, stream: int, device: torch.device) -> torch.Generator:
     """A generator for one (seed, stream) pair: the same pair always replays the same draws,
     and nothing touches the global RNG."""
     gen = torch.Generator(device=device)
-    gen.manual_seed((seed + stream * _STREAM_STRIDE) & _SEED_MASK)
+    gen.manual_seed(derive_seed(seed, stream))
     return gen
+
+
+def draw_seeds(count: int, generator: torch.Generator | None) -> list[int]:
+    """``count`` fresh seeds from ``generator`` (from the global CPU RNG when None: drawn
+    from, never reseeded, so ``torch.manual_seed`` at the start makes a run reproducible)."""
+    return torch.randint(0, _SEED_MASK, (count,), generator=generator).tolist()
 
 
 def dropout(x: torch.Tensor, rate: float, generator: torch.Generator | None) -> torch.Tensor:
