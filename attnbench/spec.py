@@ -81,7 +81,8 @@ class AttentionSpec:
         if self.n_buckets is not None:
             _check_int(owner, "n_buckets", self.n_buckets, 2)
             if self.n_buckets % 2:
-                _fail(owner, "n_buckets", self.n_buckets, "must be even (buckets come in +/- pairs)")
+                _fail(owner, "n_buckets", self.n_buckets,
+                      "must be even (buckets come in +/- pairs)")
         _check_int(owner, "chunk_len", self.chunk_len, 1)
         _check_int(owner, "n_chunks_before", self.n_chunks_before, 0)
         _check_int(owner, "n_chunks_after", self.n_chunks_after, 0)

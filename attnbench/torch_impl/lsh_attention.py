@@ -52,7 +52,8 @@ def hash_vectors(qk: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     half = rotations.shape[-1]
     rounds = []
     for r in range(rotations.shape[2]):
-        rotated = torch.einsum("bhld,hdk->bhlk", qk, rotations[:, :, r].to(dtype))  # (B, H, L, nb/2)
+        rotation = rotations[:, :, r].to(dtype)
+        rotated = torch.einsum("bhld,hdk->bhlk", qk, rotation)  # (B, H, L, nb/2)
         high, arg_high = rotated.max(-1)
         low, arg_low = rotated.min(-1)
         rounds.append(torch.where(high >= -low, arg_high, arg_low + half))
@@ -300,7 +301,8 @@ def _check_lsh_args(qk, v, n_buckets, n_hashes, chunk_len, n_chunks_before, n_ch
     check_qkv({"qk": qk, "v": v}, same_d=False)
     batch, heads, length, d_head = qk.shape
     for name, value, minimum in (("n_hashes", n_hashes, 1), ("chunk_len", chunk_len, 1),
-                                 ("n_buckets", n_buckets, 2), ("n_chunks_before", n_chunks_before, 0),
+                                 ("n_buckets", n_buckets, 2),
+                                 ("n_chunks_before", n_chunks_before, 0),
                                  ("n_chunks_after", n_chunks_after, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name}={value!r}: must be an int >= {minimum}")

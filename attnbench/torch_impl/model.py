@@ -60,7 +60,8 @@ class AxialPositionEmbedding(nn.Module):
         super().__init__()
         self.shape = shape
         self.tables = nn.ParameterList(
-            nn.Parameter(torch.randn(n, d, device=device, dtype=dtype)) for n, d in zip(shape, dims))
+            nn.Parameter(torch.randn(n, d, device=device, dtype=dtype))
+            for n, d in zip(shape, dims, strict=True))
 
     def forward(self, length: int) -> torch.Tensor:
         parts = []

@@ -84,7 +84,8 @@ class _ReversibleFunction(torch.autograd.Function):
         hashed = iter(hashed)
         buckets = [next(hashed) if has else None for has in ctx.has_buckets]
         grads = []
-        for block, seed, layer_buckets in reversed(list(zip(ctx.blocks, ctx.seeds, buckets))):
+        layers = list(zip(ctx.blocks, ctx.seeds, buckets, strict=True))
+        for block, seed, layer_buckets in reversed(layers):
             y1, y2, d_y1, d_y2, block_grads = block.backward_step(
                 y1, y2, d_y1, d_y2, seed=seed, buckets=layer_buckets)
             grads = block_grads + grads
