@@ -99,8 +99,10 @@ class ReversibleSequence(nn.Module):
     def __init__(self, blocks: list[ReversibleBlock]):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+        self.reversible = True  # False: the ordinary-autograd baseline (tests, memory ablation)
 
-    def forward(self, x1, x2, *, seeds: list[int], reversible: bool = True):
+    def forward(self, x1, x2, *, seeds: list[int], reversible: bool | None = None):
+        reversible = self.reversible if reversible is None else reversible
         if len(seeds) != len(self.blocks):
             raise ValueError(f"len(seeds)={len(seeds)}: must equal the number of blocks "
                              f"({len(self.blocks)})")
