@@ -17,11 +17,12 @@ ACTIVATIONS = ("relu", "gelu")
 POSITION_KINDS = ("learned", "axial", "none")
 
 
-def _fail(owner: str, name: str, value: object, rule: str) -> None:
-    raise ValueError(f"{owner}.{name}={value!r}: {rule}")
+def _fail(owner: str | None, name: str, value: object, rule: str) -> None:
+    field_name = name if owner is None else f"{owner}.{name}"
+    raise ValueError(f"{field_name}={value!r}: {rule}")
 
 
-def _check_int(owner: str, name: str, value: object, minimum: int) -> None:
+def _check_int(owner: str | None, name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         _fail(owner, name, value, "must be an int")
     if value < minimum:
@@ -94,17 +95,17 @@ class AttentionSpec:
 
     def check_d_model(self, d_model: int) -> int:
         """Validate ``d_model`` against the head count and return ``d_head``."""
-        _check_int("d_model", "value", d_model, 1)
+        _check_int(None, "d_model", d_model, 1)
         if d_model % self.n_heads:
-            _fail("d_model", "value", d_model,
+            _fail(None, "d_model", d_model,
                   f"must be divisible by AttentionSpec.n_heads={self.n_heads}")
         return d_model // self.n_heads
 
     def check_length(self, length: int) -> None:
         """Validate a sequence length for this layer (LSH needs whole chunks)."""
-        _check_int("length", "value", length, 1)
+        _check_int(None, "length", length, 1)
         if self.kind == "lsh" and length % self.chunk_len:
-            _fail("length", "value", length,
+            _fail(None, "length", length,
                   f"must be a multiple of AttentionSpec.chunk_len={self.chunk_len}")
 
     def buckets_for(self, length: int) -> int:
@@ -207,9 +208,9 @@ class ModelSpec:
 
     def check_length(self, length: int) -> None:
         """Validate an input length against positions and attention."""
-        _check_int("length", "value", length, 1)
+        _check_int(None, "length", length, 1)
         if self.positions != "none" and length > self.max_len:
-            _fail("length", "value", length, f"must be <= ModelSpec.max_len={self.max_len}")
+            _fail(None, "length", length, f"must be <= ModelSpec.max_len={self.max_len}")
         self.attention.check_length(length)
 
     def replace(self, **changes: object) -> ModelSpec:
