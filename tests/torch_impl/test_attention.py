@@ -169,8 +169,10 @@ def test_causal_outputs_ignore_later_tokens(rng, device, kind):
         ({"chunk_len": 5}, r"length=64: must be a multiple of chunk_len=5"),
         ({"n_hashes": 0}, r"n_hashes=0: must be an int >= 1"),
         ({"rotations": torch.zeros(2, 8, 1, 3)}, r"rotations.shape=\(2, 8, 1, 3\): must be"),
-        ({"buckets": torch.zeros(1, 2, 1, 32, dtype=torch.int32)}, r"buckets.shape=\(1, 2, 1, 32\)"),
-        ({"buckets": torch.full((1, 2, 1, 64), 8, dtype=torch.int32)}, r"buckets: must be integers"),
+        ({"buckets": torch.zeros(1, 2, 1, 32, dtype=torch.int32)},
+         r"buckets.shape=\(1, 2, 1, 32\)"),
+        ({"buckets": torch.full((1, 2, 1, 64), 8, dtype=torch.int32)},
+         r"buckets: must be integers"),
     ],
 )
 def test_lsh_bad_input_raises_value_error(kwargs, message):
