@@ -85,47 +85,52 @@ def sort_by_bucket(buckets: torch.Tensor, n_buckets: int) -> tuple[torch.Tensor,
 # --------------------------------------------------------------------------------------------
 
 
-class _Blocks:
-    """Index plumbing from sorted slots to rows of the unsorted [G * L, d] inputs.
+class _Chunks:
+    """The sorted order cut into chunks, and the window of chunks each chunk attends to.
 
-    Slot s of group g holds position ``sticker[g, s] % L``; slots are cut into chunks of
-    ``chunk_len`` and each chunk sees itself plus ``n_before`` / ``n_after`` neighbours, wrapping
-    around the concatenated rounds (the first chunk looks back at the last one). Nothing sorted is
-    ever materialised: each block of chunks gathers its own query and key/value rows.
+    Slot s of group g holds position ``sticker[g, s] % L`` of round ``sticker[g, s] // L``.
+    Chunk c sees chunks c + o for o in [-n_before, n_after], modulo the number of chunks, so the
+    first chunk looks back at the last one (across rounds). A window is built from contiguous
+    slices of the sorted tensors (a memcpy, ~10x faster on CPU than gathering rows by index).
     """
 
     def __init__(self, sticker, undo, length, chunk_len, n_before, n_after):
         groups, n_items = sticker.shape
         self.groups, self.length, self.chunk_len = groups, length, chunk_len
-        self.n_hashes = n_items // length
-        self.n_chunks = n_items // chunk_len
-        self.offsets = torch.arange(-n_before, n_after + 1, device=sticker.device)
+        self.n_hashes, self.n_chunks = n_items // length, n_items // chunk_len
+        self.offsets = list(range(-n_before, n_after + 1))
         self.positions = (sticker % length).view(groups, self.n_chunks, chunk_len)
-        base = torch.arange(groups, device=sticker.device).view(-1, 1, 1) * length
-        self.rows = self.positions + base  # row of each slot in the [G * L, d] inputs
-        # sorted slot of (round r, position t), as a row of the flattened sorted tensors
-        self.undo_rows = (undo + torch.arange(groups, device=undo.device)[:, None] * n_items
-                          ).view(groups, self.n_hashes, length).transpose(0, 1)  # (R, G, L)
+        base = torch.arange(groups, device=sticker.device)[:, None]
+        self.sort_rows = (self.positions.view(groups, -1) + base * length).flatten()
+        # the sorted slot of (round r, position t), as a row of the flattened sorted tensors
+        self.undo_rows = (undo + base * n_items).view(groups, self.n_hashes, length).transpose(0, 1)
+        # the row of [n_hashes * G * L] round-major tensors that each sorted slot reads
+        self.weight_rows = ((sticker // length) * groups * length + base * length
+                            + sticker % length).flatten()
 
-    @property
-    def width(self) -> int:
-        return len(self.offsets)
+    def sort(self, x_flat: torch.Tensor) -> torch.Tensor:
+        """[G * L, d] -> [G, n_chunks, C, d] in sorted order (each position once per round)."""
+        return x_flat.index_select(0, self.sort_rows).view(
+            self.groups, self.n_chunks, self.chunk_len, x_flat.shape[-1])
+
+    def unsort(self, x_sorted: torch.Tensor) -> torch.Tensor:
+        """[G, n_chunks, C, d] -> [G * L, d], summing each position's rounds."""
+        flat = x_sorted.reshape(-1, x_sorted.shape[-1])
+        total = flat.index_select(0, self.undo_rows[0].flatten())
+        for r in range(1, self.n_hashes):
+            total += flat.index_select(0, self.undo_rows[r].flatten())
+        return total
 
     def ranges(self):
         """Blocks of whole chunks whose logits hold about _BLOCK_ELEMENTS numbers."""
-        per_chunk = self.groups * self.chunk_len * self.chunk_len * self.width
+        per_chunk = self.groups * self.chunk_len * self.chunk_len * len(self.offsets)
         step = max(1, _BLOCK_ELEMENTS // per_chunk)
         for start in range(0, self.n_chunks, step):
             yield start, min(start + step, self.n_chunks)
 
-    def window(self, start: int, stop: int) -> torch.Tensor:
-        """[stop - start, W] indices of the chunks each chunk in [start, stop) sees."""
-        chunks = torch.arange(start, stop, device=self.offsets.device)
-        return (chunks[:, None] + self.offsets[None, :]) % self.n_chunks
-
     def shifted(self, start: int, stop: int, offset: int):
-        """(target, source) slice pairs: chunk start + i + offset (mod n_chunks) is target for
-        source i of the block; at most two pairs, split where the target range wraps."""
+        """(target, source) slice pairs: chunk ``start + i + offset`` (mod n_chunks) for block
+        chunk i; at most two pairs, split where the target range wraps around."""
         first = (start + offset) % self.n_chunks
         size = stop - start
         head = min(size, self.n_chunks - first)
@@ -133,30 +138,16 @@ class _Blocks:
         if head < size:
             yield slice(0, size - head), slice(head, size)
 
-    def unsort(self, x_sorted: torch.Tensor) -> torch.Tensor:
-        """[G, n_chunks, C, d] in sorted order -> [G * L, d], summing each position's rounds."""
-        flat = x_sorted.reshape(-1, x_sorted.shape[-1])
-        total = None
-        for r in range(self.n_hashes):
-            part = flat.index_select(0, self.undo_rows[r].flatten())
-            total = part if total is None else total.add_(part)
-        return total
-
-    def query_rows(self, start, stop):
-        return self.rows[:, start:stop], self.positions[:, start:stop]  # (G, nb, C)
-
-    def key_rows(self, window):
-        """Rows and positions of each chunk's keys, window-major: (G, nb, W * C)."""
-        shape = (self.groups, window.shape[0], -1)
-        return self.rows[:, window].reshape(shape), self.positions[:, window].reshape(shape)
+    def window(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """x [G, n_chunks, C, ...] -> [G, stop - start, W * C, ...], offset-major."""
+        pieces = []
+        for offset in self.offsets:
+            parts = [x[:, target] for target, _ in self.shifted(start, stop, offset)]
+            pieces.append(parts[0] if len(parts) == 1 else torch.cat(parts, 1))
+        return torch.cat(pieces, 2)
 
 
-def _take(x_flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Rows of x_flat [G * L, d] for an index of any shape -> [*rows.shape, d]."""
-    return x_flat.index_select(0, rows.flatten()).view(*rows.shape, x_flat.shape[-1])
-
-
-def _dedup_log_counts(q_locs, kv_locs, blocks: _Blocks, dtype) -> torch.Tensor:
+def _dedup_log_counts(q_locs, kv_locs, chunks: _Chunks, dtype) -> torch.Tensor:
     """log(how often each key appears in the query's windows over all rounds) [G, nb, C, WC].
 
     q_locs [G, nb, C, n_hashes] and kv_locs [G, nb, WC, n_hashes]: the chunk of the position in
@@ -168,19 +159,18 @@ def _dedup_log_counts(q_locs, kv_locs, blocks: _Blocks, dtype) -> torch.Tensor:
     for r in range(n_hashes):
         for r2 in range(n_hashes):
             diff = kv_locs[..., None, :, r2] - q_locs[..., :, None, r]  # (G, nb, C, WC)
-            for offset in blocks.offsets.tolist():
-                counts += torch.remainder(diff - offset, blocks.n_chunks) == 0
+            for offset in chunks.offsets:
+                counts += torch.remainder(diff - offset, chunks.n_chunks) == 0
     return counts.log_()
 
 
-def _block_logits(qk_flat, k_flat, locs, blocks: _Blocks, causal, start, stop):
-    """Recomputable part of one block of chunks: masked logits (in k's dtype, the logits
-    dtype), the replaced-logit mask, the window, the rows, and the block's queries and keys."""
-    window = blocks.window(start, stop)
-    q_rows, q_pos = blocks.query_rows(start, stop)  # (G, nb, C)
-    kv_rows, kv_pos = blocks.key_rows(window)  # (G, nb, WC)
-    q = _take(qk_flat, q_rows).to(k_flat.dtype)  # (G, nb, C, dh)
-    k = _take(k_flat, kv_rows)  # (G, nb, WC, dh)
+def _block_logits(sq, sk, s_locs, chunks: _Chunks, causal, start, stop):
+    """Recomputable part of one block of chunks: masked logits (in sk's dtype, the logits
+    dtype), the replaced-logit mask, and the block's queries and windowed keys."""
+    q = sq[:, start:stop].to(sk.dtype)  # (G, nb, C, dh)
+    k = chunks.window(sk, start, stop)  # (G, nb, WC, dh)
+    q_pos = chunks.positions[:, start:stop]  # (G, nb, C)
+    kv_pos = chunks.window(chunks.positions, start, stop)  # (G, nb, WC)
     logits = q @ k.transpose(-1, -2)  # (G, nb, C, WC)
     replaced = q_pos[..., :, None] == kv_pos[..., None, :]
     logits.masked_fill_(replaced, SELF_MASK_VALUE)
@@ -188,12 +178,10 @@ def _block_logits(qk_flat, k_flat, locs, blocks: _Blocks, causal, start, stop):
         future = q_pos[..., :, None] < kv_pos[..., None, :]
         logits.masked_fill_(future, MASK_VALUE)
         replaced |= future
-    if locs is not None:
-        n_hashes = locs.shape[-1]
-        q_locs = locs.index_select(0, q_rows.flatten()).view(*q_rows.shape, n_hashes)
-        kv_locs = locs.index_select(0, kv_rows.flatten()).view(*kv_rows.shape, n_hashes)
-        logits -= _dedup_log_counts(q_locs, kv_locs, blocks, logits.dtype)
-    return logits, replaced, q_rows, kv_rows, q, k
+    if s_locs is not None:
+        logits -= _dedup_log_counts(s_locs[:, start:stop], chunks.window(s_locs, start, stop),
+                                    chunks, logits.dtype)
+    return logits, replaced, q, k
 
 
 def _normalize_keys_vjp(qk: torch.Tensor, d_k: torch.Tensor) -> torch.Tensor:
@@ -207,88 +195,81 @@ def _normalize_keys_vjp(qk: torch.Tensor, d_k: torch.Tensor) -> torch.Tensor:
 class _LSHAttentionCore(torch.autograd.Function):
     """Attend within chunk windows of the sorted order, then combine rounds: one autograd node.
 
-    Like flash attention it saves only the inputs, the combined output and per-row softmax
-    statistics, and recomputes probabilities block by block in the backward; nothing of size
-    n_hashes * L * window is ever kept. Inputs qk [G * L, dh], v [G * L, dv], sticker [G, N]
-    (N = n_hashes * L), locs [G * L, n_hashes] or None. Returns the output [G * L, dv].
+    Like flash attention it saves the (sorted) inputs, the combined output and per-row softmax
+    statistics, and recomputes probabilities block by block in the backward; no tensor of size
+    n_hashes * L * window is ever kept. Inputs qk [G * L, dh], v [G * L, dv], locs
+    [G * L, n_hashes] or None. Returns the combined output [G * L, dv].
     """
 
     @staticmethod
-    def forward(ctx, qk, v, sticker, locs, blocks: _Blocks, causal):
-        groups, length = blocks.groups, blocks.length
-        n_hashes = sticker.shape[1] // length
+    def forward(ctx, qk, v, locs, chunks: _Chunks, causal):
         k = normalize_keys(qk)  # (G*L, dh), in the logits dtype
         dtype = k.dtype
-        # Each round's output and log-sum-exp, written straight to unsorted slots r * L + t.
-        unsorted_slot = (sticker + torch.arange(groups, device=v.device)[:, None]
-                         * sticker.shape[1]).view(groups, blocks.n_chunks, -1)
-        round_out = torch.empty(groups * n_hashes * length, v.shape[-1], dtype=dtype,
-                                device=v.device)
-        round_lse = torch.empty(groups * n_hashes * length, dtype=dtype, device=v.device)
-        row_max = torch.empty(blocks.positions.shape, dtype=dtype, device=v.device)
+        sq, sk, sv = chunks.sort(qk), chunks.sort(k), chunks.sort(v)  # (G, nc, C, d)
+        s_locs = None if locs is None else chunks.sort(locs)
+        s_out = torch.empty(*sv.shape, dtype=dtype, device=v.device)
+        row_max = torch.empty(chunks.positions.shape, dtype=dtype, device=v.device)
         row_sum = torch.empty_like(row_max)
-        for start, stop in blocks.ranges():
-            logits, _, _, kv_rows, _, _ = _block_logits(qk, k, locs, blocks, causal, start, stop)
+        for start, stop in chunks.ranges():
+            logits, _, _, _ = _block_logits(sq, sk, s_locs, chunks, causal, start, stop)
             # Max and sum stay apart: a row whose only target is the masked self has logits
             # near -1e5, where float32 cannot hold logit - logsumexp to better than 1e-2.
             block_max = logits.amax(-1, keepdim=True)  # (G, nb, C, 1)
             unnormalised = logits.sub_(block_max).exp_()
             block_sum = unnormalised.sum(-1, keepdim=True)
-            block_v = _take(v, kv_rows)  # (G, nb, WC, dv)
-            block_out = (unnormalised.to(v.dtype) @ block_v).to(dtype) / block_sum
-            slots = unsorted_slot[:, start:stop].flatten()
-            round_out.index_copy_(0, slots, block_out.view(-1, v.shape[-1]))
-            round_lse.index_copy_(0, slots, (block_max + block_sum.log()).flatten())
+            block_v = chunks.window(sv, start, stop)  # (G, nb, WC, dv)
+            s_out[:, start:stop] = (unnormalised.to(v.dtype) @ block_v).to(dtype) / block_sum
             row_max[:, start:stop], row_sum[:, start:stop] = block_max[..., 0], block_sum[..., 0]
 
         # Combine rounds: the weight of round r at position t is softmax_r(lse_r(t)).
-        weights = torch.softmax(round_lse.view(groups, n_hashes, length), dim=1)
-        round_out = round_out.view(groups, n_hashes, length, -1)
-        out = weights[:, 0, :, None] * round_out[:, 0]
-        for r in range(1, n_hashes):
-            out += weights[:, r, :, None] * round_out[:, r]
-        out = out.view(groups * length, -1)
-        slot_weights = weights.view(groups, -1).gather(1, sticker).view(blocks.positions.shape)
-        ctx.save_for_backward(qk, k, v, sticker, locs, out, row_max, row_sum, slot_weights)
-        ctx.blocks, ctx.causal = blocks, causal
+        s_lse = (row_max + row_sum.log()).reshape(-1, 1)
+        weights = torch.softmax(torch.stack(
+            [s_lse.index_select(0, rows.flatten()) for rows in chunks.undo_rows]), dim=0)
+        s_out_flat = s_out.view(-1, s_out.shape[-1])
+        out = weights[0] * s_out_flat.index_select(0, chunks.undo_rows[0].flatten())
+        for r in range(1, chunks.n_hashes):
+            out += weights[r] * s_out_flat.index_select(0, chunks.undo_rows[r].flatten())
+        slot_weights = weights.view(-1, 1).index_select(0, chunks.weight_rows).view(
+            chunks.positions.shape)  # each sorted slot's own round weight
+        ctx.save_for_backward(qk, sq, sk, sv, s_locs, out, row_max, row_sum, slot_weights)
+        ctx.chunks, ctx.causal = chunks, causal
         return out.to(v.dtype)
 
     @staticmethod
     def backward(ctx, d_out):
-        qk, k, v, sticker, locs, out, row_max, row_sum, slot_weights = ctx.saved_tensors
-        blocks, dtype = ctx.blocks, k.dtype
+        qk, sq, sk, sv, s_locs, out, row_max, row_sum, slot_weights = ctx.saved_tensors
+        chunks, dtype = ctx.chunks, sk.dtype
         d_out = d_out.to(dtype)
         # Per slot: d(round output) = w * d_out[t], and the softmax row term
         # sum_j p_ij dp_ij - d_lse_i collapses to w * (d_out[t] . out[t]).
-        out_dot = (d_out * out).sum(-1, keepdim=True)  # (G*L, 1)
-        # Gradients accumulate in sorted chunk order, where a window is a slice of whole chunks.
-        sorted_shape = (*blocks.positions.shape, -1)
-        d_sq = torch.empty(sorted_shape[:3] + (qk.shape[-1],), dtype=dtype, device=qk.device)
-        d_sk = torch.zeros_like(d_sq)
-        d_sv = torch.zeros(sorted_shape[:3] + (v.shape[-1],), dtype=dtype, device=v.device)
-        for start, stop in blocks.ranges():
-            logits, replaced, q_rows, kv_rows, q, k_block = _block_logits(
-                qk, k, locs, blocks, ctx.causal, start, stop)
+        w = slot_weights[..., None]  # (G, nc, C, 1)
+        s_d_out = chunks.sort(d_out).mul_(w)
+        s_row = chunks.sort((d_out * out).sum(-1, keepdim=True)).mul_(w)
+        # Gradients accumulate in sorted order, where each window is a few slices of chunks.
+        d_sq = torch.empty(sq.shape, dtype=dtype, device=sq.device)
+        d_sk = torch.zeros(sk.shape, dtype=dtype, device=sk.device)
+        d_sv = torch.zeros(sv.shape, dtype=dtype, device=sv.device)
+        chunk_len, width = chunks.chunk_len, len(chunks.offsets)
+        for start, stop in chunks.ranges():
+            logits, replaced, q, k = _block_logits(sq, sk, s_locs, chunks, ctx.causal, start,
+                                                   stop)
             unnormalised = logits.sub_(row_max[:, start:stop, :, None]).exp_()  # (G, nb, C, WC)
             inv_sum = row_sum[:, start:stop, :, None].reciprocal()  # probs = unnormalised * inv
-            w = slot_weights[:, start:stop, :, None]
-            d_o = _take(d_out, q_rows) * w  # (G, nb, C, dv)
-            row_term = _take(out_dot, q_rows) * w  # (G, nb, C, 1)
-            block_v = _take(v, kv_rows).to(dtype)  # (G, nb, WC, dv)
+            d_o = s_d_out[:, start:stop]  # (G, nb, C, dv)
+            block_v = chunks.window(sv, start, stop).to(dtype)  # (G, nb, WC, dv)
             block_d_v = unnormalised.transpose(-1, -2) @ (d_o * inv_sum)  # (G, nb, WC, dv)
-            d_logits = (d_o @ block_v.transpose(-1, -2)).sub_(row_term)
+            d_logits = (d_o @ block_v.transpose(-1, -2)).sub_(s_row[:, start:stop])
             d_logits.mul_(unnormalised).masked_fill_(replaced, 0.0)  # replaced: constants
-            d_sq[:, start:stop] = (d_logits @ k_block) * inv_sum
+            d_sq[:, start:stop] = (d_logits @ k) * inv_sum
             block_d_k = d_logits.transpose(-1, -2) @ (q * inv_sum)  # (G, nb, WC, dh)
-            n_block = stop - start
-            block_d_k = block_d_k.view(blocks.groups, n_block, blocks.width, blocks.chunk_len, -1)
-            block_d_v = block_d_v.view(blocks.groups, n_block, blocks.width, blocks.chunk_len, -1)
-            for w_index, offset in enumerate(blocks.offsets.tolist()):
-                for target, source in blocks.shifted(start, stop, offset):
-                    d_sk[:, target] += block_d_k[:, source, w_index]
-                    d_sv[:, target] += block_d_v[:, source, w_index]
-        d_qk = blocks.unsort(d_sq) + _normalize_keys_vjp(qk.to(dtype), blocks.unsort(d_sk))
-        return d_qk.to(qk.dtype), blocks.unsort(d_sv).to(v.dtype), None, None, None, None
+            shape = (chunks.groups, stop - start, width, chunk_len, -1)
+            block_d_k, block_d_v = block_d_k.view(shape), block_d_v.view(shape)
+            for index, offset in enumerate(chunks.offsets):
+                for target, source in chunks.shifted(start, stop, offset):
+                    d_sk[:, target] += block_d_k[:, source, index]
+                    d_sv[:, target] += block_d_v[:, source, index]
+        d_qk = chunks.unsort(d_sq) + _normalize_keys_vjp(qk.to(dtype), chunks.unsort(d_sk))
+        return d_qk.to(qk.dtype), chunks.unsort(d_sv).to(sv.dtype), None, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,15 +328,14 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_buckets: int, n_hashes
         buckets = hash_vectors(qk, rotations)
     sticker, undo = sort_by_bucket(buckets, n_buckets)  # (B, H, n_hashes*L)
     groups = batch * heads
+    chunks = _Chunks(sticker.view(groups, -1), undo.view(groups, -1), length, chunk_len,
+                     n_chunks_before, n_chunks_after)
     locs = None
-    if dedup:  # chunk of every position in every round: (G*L, n_hashes)
+    if dedup:  # the chunk of every position in every round: (G*L, n_hashes)
         locs = (undo // chunk_len).view(groups, n_hashes, length).transpose(1, 2)
         locs = locs.reshape(groups * length, n_hashes)
-    blocks = _Blocks(sticker.view(groups, -1), undo.view(groups, -1), length, chunk_len,
-                     n_chunks_before, n_chunks_after)
     out = _LSHAttentionCore.apply(qk.reshape(groups * length, d_head),
-                                  v.reshape(groups * length, d_v), sticker.view(groups, -1), locs,
-                                  blocks, causal)
+                                  v.reshape(groups * length, d_v), locs, chunks, causal)
     out = out.view(batch, heads, length, d_v)
     return (out, buckets) if return_buckets else out
 
