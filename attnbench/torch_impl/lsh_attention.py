@@ -101,17 +101,18 @@ class _Chunks:
         self.offsets = list(range(-n_before, n_after + 1))
         self.positions = (sticker % length).view(groups, self.n_chunks, chunk_len)
         base = torch.arange(groups, device=sticker.device)[:, None]
-        self.sort_rows = (self.positions.view(groups, -1) + base * length).flatten()
+        self.sort_rows = self.positions + base[..., None] * length  # (G, nc, C) rows of [G*L]
         # the sorted slot of (round r, position t), as a row of the flattened sorted tensors
         self.undo_rows = (undo + base * n_items).view(groups, self.n_hashes, length).transpose(0, 1)
         # the row of [n_hashes * G * L] round-major tensors that each sorted slot reads
         self.weight_rows = ((sticker // length) * groups * length + base * length
                             + sticker % length).flatten()
 
-    def sort(self, x_flat: torch.Tensor) -> torch.Tensor:
-        """[G * L, d] -> [G, n_chunks, C, d] in sorted order (each position once per round)."""
-        return x_flat.index_select(0, self.sort_rows).view(
-            self.groups, self.n_chunks, self.chunk_len, x_flat.shape[-1])
+    def sort(self, x_flat: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """[G * L, d] -> [G, n_chunks, C, d] in sorted order (each position once per round);
+        with start/stop only those chunks, [G, stop - start, C, d]."""
+        rows = self.sort_rows[:, start:stop]
+        return x_flat.index_select(0, rows.flatten()).view(*rows.shape, x_flat.shape[-1])
 
     def unsort(self, x_sorted: torch.Tensor) -> torch.Tensor:
         """[G, n_chunks, C, d] -> [G * L, d], summing each position's rounds."""
@@ -164,10 +165,11 @@ def _dedup_log_counts(q_locs, kv_locs, chunks: _Chunks, dtype) -> torch.Tensor:
     return counts.log_()
 
 
-def _block_logits(sq, sk, s_locs, chunks: _Chunks, causal, start, stop):
+def _block_logits(sq, sk, s_locs, chunks: _Chunks, causal, start, stop, offset=0):
     """Recomputable part of one block of chunks: masked logits (in sk's dtype, the logits
-    dtype), the replaced-logit mask, and the block's queries and windowed keys."""
-    q = sq[:, start:stop].to(sk.dtype)  # (G, nb, C, dh)
+    dtype), the replaced-logit mask, and the block's queries and windowed keys. ``sq`` holds
+    sorted queries from chunk ``offset`` on."""
+    q = sq[:, start - offset:stop - offset].to(sk.dtype)  # (G, nb, C, dh)
     k = chunks.window(sk, start, stop)  # (G, nb, WC, dh)
     q_pos = chunks.positions[:, start:stop]  # (G, nb, C)
     kv_pos = chunks.window(chunks.positions, start, stop)  # (G, nb, WC)
@@ -231,35 +233,42 @@ class _LSHAttentionCore(torch.autograd.Function):
             out += weights[r] * s_out_flat.index_select(0, chunks.undo_rows[r].flatten())
         slot_weights = weights.view(-1, 1).index_select(0, chunks.weight_rows).view(
             chunks.positions.shape)  # each sorted slot's own round weight
-        ctx.save_for_backward(qk, sq, sk, sv, s_locs, out, row_max, row_sum, slot_weights)
+        # Sorted keys and values are kept (windows are slices of them); sorted queries are not:
+        # the backward gathers each block's query rows again, which costs less than their memory.
+        ctx.save_for_backward(qk, sk, sv, s_locs, out, row_max, row_sum, slot_weights)
         ctx.chunks, ctx.causal = chunks, causal
         return out.to(v.dtype)
 
     @staticmethod
     def backward(ctx, d_out):
-        qk, sq, sk, sv, s_locs, out, row_max, row_sum, slot_weights = ctx.saved_tensors
+        qk, sk, sv, s_locs, out, row_max, row_sum, slot_weights = ctx.saved_tensors
         chunks, dtype = ctx.chunks, sk.dtype
         d_out = d_out.to(dtype)
-        # Per slot: d(round output) = w * d_out[t], and the softmax row term
-        # sum_j p_ij dp_ij - d_lse_i collapses to w * (d_out[t] . out[t]).
-        w = slot_weights[..., None]  # (G, nc, C, 1)
-        s_d_out = chunks.sort(d_out).mul_(w)
-        s_row = chunks.sort((d_out * out).sum(-1, keepdim=True)).mul_(w)
+        out_dot = (d_out * out).sum(-1, keepdim=True)  # (G*L, 1)
+        # Blocks holding a row whose only target is its (masked) self need the replaced logits'
+        # gradient zeroed explicitly; elsewhere exp() already made those probabilities 0.
+        degenerate = (row_max < SELF_MASK_VALUE / 2).any(-1).any(0).nonzero().flatten().tolist()
         # Gradients accumulate in sorted order, where each window is a few slices of chunks.
-        d_sq = torch.empty(sq.shape, dtype=dtype, device=sq.device)
+        d_sq = torch.empty(*sk.shape[:3], qk.shape[-1], dtype=dtype, device=sk.device)
         d_sk = torch.zeros(sk.shape, dtype=dtype, device=sk.device)
         d_sv = torch.zeros(sv.shape, dtype=dtype, device=sv.device)
         chunk_len, width = chunks.chunk_len, len(chunks.offsets)
         for start, stop in chunks.ranges():
+            sq = chunks.sort(qk, start, stop)  # (G, nb, C, dh), this block's queries
             logits, replaced, q, k = _block_logits(sq, sk, s_locs, chunks, ctx.causal, start,
-                                                   stop)
+                                                   stop, offset=start)
             unnormalised = logits.sub_(row_max[:, start:stop, :, None]).exp_()  # (G, nb, C, WC)
             inv_sum = row_sum[:, start:stop, :, None].reciprocal()  # probs = unnormalised * inv
-            d_o = s_d_out[:, start:stop]  # (G, nb, C, dv)
+            # Per slot: d(round output) = w * d_out[t], and the softmax row term
+            # sum_j p_ij dp_ij - d_lse_i collapses to w * (d_out[t] . out[t]).
+            w = slot_weights[:, start:stop, :, None]  # (G, nb, C, 1)
+            d_o = chunks.sort(d_out, start, stop).mul_(w)  # (G, nb, C, dv)
+            row_term = chunks.sort(out_dot, start, stop).mul_(w)  # (G, nb, C, 1)
             block_v = chunks.window(sv, start, stop).to(dtype)  # (G, nb, WC, dv)
             block_d_v = unnormalised.transpose(-1, -2) @ (d_o * inv_sum)  # (G, nb, WC, dv)
-            d_logits = (d_o @ block_v.transpose(-1, -2)).sub_(s_row[:, start:stop])
-            d_logits.mul_(unnormalised).masked_fill_(replaced, 0.0)  # replaced: constants
+            d_logits = (d_o @ block_v.transpose(-1, -2)).sub_(row_term).mul_(unnormalised)
+            if any(start <= c < stop for c in degenerate):
+                d_logits.masked_fill_(replaced, 0.0)  # replaced logits are constants
             d_sq[:, start:stop] = (d_logits @ k) * inv_sum
             block_d_k = d_logits.transpose(-1, -2) @ (q * inv_sum)  # (G, nb, WC, dh)
             shape = (chunks.groups, stop - start, width, chunk_len, -1)
