@@ -26,7 +26,7 @@ from attnbench.torch_impl.full_attention import SharedQKSelfAttention
 
 # Logit elements computed per block of chunks: large enough for efficient matmuls, small enough
 # that the block's temporaries stay in cache-sized pieces and peak memory stays flat.
-_BLOCK_ELEMENTS = 1 << 21
+_BLOCK_ELEMENTS = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,14 +114,6 @@ class _Chunks:
         rows = self.sort_rows[:, start:stop]
         return x_flat.index_select(0, rows.flatten()).view(*rows.shape, x_flat.shape[-1])
 
-    def unsort(self, x_sorted: torch.Tensor) -> torch.Tensor:
-        """[G, n_chunks, C, d] -> [G * L, d], summing each position's rounds."""
-        flat = x_sorted.reshape(-1, x_sorted.shape[-1])
-        total = flat.index_select(0, self.undo_rows[0].flatten())
-        for r in range(1, self.n_hashes):
-            total += flat.index_select(0, self.undo_rows[r].flatten())
-        return total
-
     def ranges(self):
         """Blocks of whole chunks whose logits hold about _BLOCK_ELEMENTS numbers."""
         per_chunk = self.groups * self.chunk_len * self.chunk_len * len(self.offsets)
@@ -165,11 +157,10 @@ def _dedup_log_counts(q_locs, kv_locs, chunks: _Chunks, dtype) -> torch.Tensor:
     return counts.log_()
 
 
-def _block_logits(sq, sk, s_locs, chunks: _Chunks, causal, start, stop, offset=0):
-    """Recomputable part of one block of chunks: masked logits (in sk's dtype, the logits
-    dtype), the replaced-logit mask, and the block's queries and windowed keys. ``sq`` holds
-    sorted queries from chunk ``offset`` on."""
-    q = sq[:, start - offset:stop - offset].to(sk.dtype)  # (G, nb, C, dh)
+def _block_logits(qk, sk, s_locs, chunks: _Chunks, causal, start, stop):
+    """Recomputable part of one block of chunks [start, stop): masked logits (in sk's dtype,
+    the logits dtype), the replaced-logit mask, and the block's queries and windowed keys."""
+    q = chunks.sort(qk, start, stop).to(sk.dtype)  # (G, nb, C, dh)
     k = chunks.window(sk, start, stop)  # (G, nb, WC, dh)
     q_pos = chunks.positions[:, start:stop]  # (G, nb, C)
     kv_pos = chunks.window(chunks.positions, start, stop)  # (G, nb, WC)
@@ -207,13 +198,13 @@ class _LSHAttentionCore(torch.autograd.Function):
     def forward(ctx, qk, v, locs, chunks: _Chunks, causal):
         k = normalize_keys(qk)  # (G*L, dh), in the logits dtype
         dtype = k.dtype
-        sq, sk, sv = chunks.sort(qk), chunks.sort(k), chunks.sort(v)  # (G, nc, C, d)
+        sk, sv = chunks.sort(k), chunks.sort(v)  # (G, nc, C, d); windows are slices of these
         s_locs = None if locs is None else chunks.sort(locs)
         s_out = torch.empty(*sv.shape, dtype=dtype, device=v.device)
         row_max = torch.empty(chunks.positions.shape, dtype=dtype, device=v.device)
         row_sum = torch.empty_like(row_max)
         for start, stop in chunks.ranges():
-            logits, _, _, _ = _block_logits(sq, sk, s_locs, chunks, causal, start, stop)
+            logits, _, _, _ = _block_logits(qk, sk, s_locs, chunks, causal, start, stop)
             # Max and sum stay apart: a row whose only target is the masked self has logits
             # near -1e5, where float32 cannot hold logit - logsumexp to better than 1e-2.
             block_max = logits.amax(-1, keepdim=True)  # (G, nb, C, 1)
@@ -233,8 +224,6 @@ class _LSHAttentionCore(torch.autograd.Function):
             out += weights[r] * s_out_flat.index_select(0, chunks.undo_rows[r].flatten())
         slot_weights = weights.view(-1, 1).index_select(0, chunks.weight_rows).view(
             chunks.positions.shape)  # each sorted slot's own round weight
-        # Sorted keys and values are kept (windows are slices of them); sorted queries are not:
-        # the backward gathers each block's query rows again, which costs less than their memory.
         ctx.save_for_backward(qk, sk, sv, s_locs, out, row_max, row_sum, slot_weights)
         ctx.chunks, ctx.causal = chunks, causal
         return out.to(v.dtype)
@@ -248,15 +237,13 @@ class _LSHAttentionCore(torch.autograd.Function):
         # Blocks holding a row whose only target is its (masked) self need the replaced logits'
         # gradient zeroed explicitly; elsewhere exp() already made those probabilities 0.
         degenerate = (row_max < SELF_MASK_VALUE / 2).any(-1).any(0).nonzero().flatten().tolist()
-        # Gradients accumulate in sorted order, where each window is a few slices of chunks.
-        d_sq = torch.empty(*sk.shape[:3], qk.shape[-1], dtype=dtype, device=sk.device)
-        d_sk = torch.zeros(sk.shape, dtype=dtype, device=sk.device)
-        d_sv = torch.zeros(sv.shape, dtype=dtype, device=sv.device)
-        chunk_len, width = chunks.chunk_len, len(chunks.offsets)
+        # Gradients go straight to the unsorted rows (index_add_ sums a position's rounds).
+        d_qk = torch.zeros(qk.shape, dtype=dtype, device=qk.device)
+        d_k = torch.zeros_like(d_qk)
+        d_v = torch.zeros(out.shape, dtype=dtype, device=out.device)
         for start, stop in chunks.ranges():
-            sq = chunks.sort(qk, start, stop)  # (G, nb, C, dh), this block's queries
-            logits, replaced, q, k = _block_logits(sq, sk, s_locs, chunks, ctx.causal, start,
-                                                   stop, offset=start)
+            logits, replaced, q, k = _block_logits(qk, sk, s_locs, chunks, ctx.causal, start,
+                                                   stop)
             unnormalised = logits.sub_(row_max[:, start:stop, :, None]).exp_()  # (G, nb, C, WC)
             inv_sum = row_sum[:, start:stop, :, None].reciprocal()  # probs = unnormalised * inv
             # Per slot: d(round output) = w * d_out[t], and the softmax row term
@@ -269,16 +256,14 @@ class _LSHAttentionCore(torch.autograd.Function):
             d_logits = (d_o @ block_v.transpose(-1, -2)).sub_(row_term).mul_(unnormalised)
             if any(start <= c < stop for c in degenerate):
                 d_logits.masked_fill_(replaced, 0.0)  # replaced logits are constants
-            d_sq[:, start:stop] = (d_logits @ k) * inv_sum
+            q_rows = chunks.sort_rows[:, start:stop].flatten()
+            kv_rows = chunks.window(chunks.sort_rows, start, stop).flatten()
+            d_qk.index_add_(0, q_rows, ((d_logits @ k) * inv_sum).view(-1, qk.shape[-1]))
             block_d_k = d_logits.transpose(-1, -2) @ (q * inv_sum)  # (G, nb, WC, dh)
-            shape = (chunks.groups, stop - start, width, chunk_len, -1)
-            block_d_k, block_d_v = block_d_k.view(shape), block_d_v.view(shape)
-            for index, offset in enumerate(chunks.offsets):
-                for target, source in chunks.shifted(start, stop, offset):
-                    d_sk[:, target] += block_d_k[:, source, index]
-                    d_sv[:, target] += block_d_v[:, source, index]
-        d_qk = chunks.unsort(d_sq) + _normalize_keys_vjp(qk.to(dtype), chunks.unsort(d_sk))
-        return d_qk.to(qk.dtype), chunks.unsort(d_sv).to(sv.dtype), None, None, None
+            d_k.index_add_(0, kv_rows, block_d_k.view(-1, qk.shape[-1]))
+            d_v.index_add_(0, kv_rows, block_d_v.view(-1, out.shape[-1]))
+        d_qk += _normalize_keys_vjp(qk.to(dtype), d_k)
+        return d_qk.to(qk.dtype), d_v.to(sv.dtype), None, None, None
 
 
 # --------------------------------------------------------------------------------------------
