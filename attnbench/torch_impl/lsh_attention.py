@@ -272,7 +272,7 @@ class _LSHAttentionCore(torch.autograd.Function):
 
 
 def _check_lsh_args(qk, v, n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
-                    rotations, buckets):
+                    rotations, buckets, generator):
     check_qkv({"qk": qk, "v": v}, same_d=False)
     batch, heads, length, d_head = qk.shape
     for name, value, minimum in (("n_hashes", n_hashes, 1), ("chunk_len", chunk_len, 1),
@@ -286,6 +286,9 @@ def _check_lsh_args(qk, v, n_buckets, n_hashes, chunk_len, n_chunks_before, n_ch
     if length % chunk_len:
         raise ValueError(f"length={length}: must be a multiple of chunk_len={chunk_len} "
                          "(LSH attention never falls back to full attention)")
+    if generator is not None and generator.device.type != qk.device.type:
+        raise ValueError(f"generator.device={generator.device}: must be on qk's device "
+                         f"({qk.device})")
     if rotations is not None:
         expected = (heads, d_head, n_hashes, n_buckets // 2)
         if tuple(rotations.shape) != expected:
@@ -312,7 +315,7 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_buckets: int, n_hashes
     Returns the output [B, H, L, dv] (and the int32 buckets when ``return_buckets``).
     """
     _check_lsh_args(qk, v, n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
-                    rotations, buckets)
+                    rotations, buckets, generator)
     batch, heads, length, d_head = qk.shape
     d_v = v.shape[-1]
     if buckets is None:
