@@ -147,7 +147,17 @@ def test_last_json_line_skips_noise():
 # ----------------------------------------------------------------- failing cases
 
 
-def test_worker_turns_exceptions_into_rows(monkeypatch, capsys):
+@pytest.fixture
+def torch_global_state():
+    """measure() sets torch's thread count and seed; give the test session them back."""
+    torch = pytest.importorskip("torch")
+    threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
+    yield
+    torch.set_num_threads(threads)
+    torch.random.set_rng_state(rng)
+
+
+def test_worker_turns_exceptions_into_rows(monkeypatch, capsys, torch_global_state):
     def boom(length, n_hashes, args):
         raise RuntimeError(f"boom at length {length}")
 

@@ -2,9 +2,10 @@
 
 Reads top to bottom as the algorithm (ARCHITECTURE §2). Shapes: qk [B, H, L, dh], v [B, H, L, dv],
 rotations [H, dh, n_hashes, n_buckets // 2], buckets [B, H, n_hashes, L] (int32, no round offset).
-The chunked attention core is a custom autograd function that saves only its inputs, outputs and
-log-sum-exps and recomputes probabilities block by block in the backward, so memory grows with
-``n_hashes * L`` and never with ``L * chunk_len`` all at once.
+The chunked attention core is one custom autograd function that keeps the inputs, the sorted keys
+and values, the output and per-row softmax statistics, and recomputes probabilities block by
+block in the backward (as flash attention does): memory grows with ``n_hashes * L * d`` and never
+holds ``n_hashes * L * window`` logits at once.
 """
 
 from __future__ import annotations
