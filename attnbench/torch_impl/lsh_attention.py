@@ -52,9 +52,12 @@ def hash_vectors(qk: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     qk = qk.detach().to(dtype)
     half = rotations.shape[-1]
     rounds = []
+    # One buffer for every round: on CPU a fresh [B, H, L, nb/2] tensor per round costs more in
+    # page faults than the matmul that fills it.
+    rotated = torch.empty(*qk.shape[:3], half, dtype=dtype, device=qk.device)
+    per_round = rotations.to(dtype).permute(2, 0, 1, 3).contiguous()  # (n_hashes, H, dh, nb/2)
     for r in range(rotations.shape[2]):
-        rotation = rotations[:, :, r].to(dtype)
-        rotated = torch.einsum("bhld,hdk->bhlk", qk, rotation)  # (B, H, L, nb/2)
+        torch.matmul(qk, per_round[r], out=rotated)  # (B, H, L, nb/2)
         high, arg_high = rotated.max(-1)
         low, arg_low = rotated.min(-1)
         rounds.append(torch.where(high >= -low, arg_high, arg_low + half))
