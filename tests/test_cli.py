@@ -1,0 +1,31 @@
+import subprocess
+import sys
+
+import pytest
+
+from attnbench import __version__
+from attnbench.cli import main
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == __version__
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["frobnicate"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
+
+
+def test_layer_bench_help_runs_without_loading_torch():
+    code = ("import sys; from attnbench.cli import main\n"
+            "try:\n    main(['layer-bench', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip().endswith("False"), out.stdout
+    assert "--lengths" in out.stdout
