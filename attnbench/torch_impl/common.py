@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from attnbench import checks
 from attnbench.reference import KEY_NORM_EPS, MASK_VALUE, SELF_MASK_VALUE
 
 __all__ = ["KEY_NORM_EPS", "MASK_VALUE", "SELF_MASK_VALUE", "check_qkv", "derive_generator",
@@ -16,21 +17,10 @@ _SEED_MASK = (1 << 63) - 1
 _STREAM_STRIDE = 0x9E3779B97F4A7C15  # odd constant: distinct streams get far-apart seeds
 
 
-def check_qkv(name_shapes: dict[str, torch.Tensor], *, same_d: bool) -> None:
-    """Raise a ValueError naming the tensor and the rule unless all are [batch, heads, len, d]
-    with equal batch, heads and length (and equal d when ``same_d``)."""
-    first_name, first = next(iter(name_shapes.items()))
-    for name, t in name_shapes.items():
-        if t.dim() != 4:
-            raise ValueError(f"{name}.shape={tuple(t.shape)}: must be [batch, heads, length, d]")
-        if t.shape[:3] != first.shape[:3]:
-            raise ValueError(f"{name}.shape={tuple(t.shape)}: batch, heads and length must match "
-                             f"{first_name}.shape={tuple(first.shape)}")
-        if same_d and t.shape[3] != first.shape[3]:
-            raise ValueError(f"{name}.shape={tuple(t.shape)}: d_head must match "
-                             f"{first_name}.shape={tuple(first.shape)}")
-        if not t.is_floating_point():
-            raise ValueError(f"{name}.dtype={t.dtype}: must be a floating-point tensor")
+def check_qkv(tensors: dict[str, torch.Tensor], *, same_d: bool) -> None:
+    """ValueError unless all are [batch, heads, length, d] alike (see attnbench.checks)."""
+    checks.check_qkv({name: (tuple(t.shape), t.is_floating_point())
+                      for name, t in tensors.items()}, same_d=same_d)
 
 
 def logits_dtype(x: torch.Tensor) -> torch.dtype:

@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from attnbench import checks
 from attnbench.spec import AttentionSpec
 from attnbench.torch_impl.common import (
     KEY_NORM_EPS,
@@ -278,33 +279,17 @@ class _LSHAttentionCore(torch.autograd.Function):
 def _check_lsh_args(qk, v, n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
                     rotations, buckets, generator):
     check_qkv({"qk": qk, "v": v}, same_d=False)
-    batch, heads, length, d_head = qk.shape
-    for name, value, minimum in (("n_hashes", n_hashes, 1), ("chunk_len", chunk_len, 1),
-                                 ("n_buckets", n_buckets, 2),
-                                 ("n_chunks_before", n_chunks_before, 0),
-                                 ("n_chunks_after", n_chunks_after, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name}={value!r}: must be an int >= {minimum}")
-    if n_buckets % 2:
-        raise ValueError(f"n_buckets={n_buckets}: must be even (buckets come in +/- pairs)")
-    if length % chunk_len:
-        raise ValueError(f"length={length}: must be a multiple of chunk_len={chunk_len} "
-                         "(LSH attention never falls back to full attention)")
+    checks.check_lsh_args(
+        tuple(qk.shape), n_buckets=n_buckets, n_hashes=n_hashes, chunk_len=chunk_len,
+        n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+        rotations_shape=None if rotations is None else tuple(rotations.shape),
+        buckets_shape=None if buckets is None else tuple(buckets.shape))
     if generator is not None and generator.device.type != qk.device.type:
         raise ValueError(f"generator.device={generator.device}: must be on qk's device "
                          f"({qk.device})")
-    if rotations is not None:
-        expected = (heads, d_head, n_hashes, n_buckets // 2)
-        if tuple(rotations.shape) != expected:
-            raise ValueError(f"rotations.shape={tuple(rotations.shape)}: must be [heads, d_head, "
-                             f"n_hashes, n_buckets // 2] = {expected}")
-    if buckets is not None:
-        expected = (batch, heads, n_hashes, length)
-        if tuple(buckets.shape) != expected:
-            raise ValueError(f"buckets.shape={tuple(buckets.shape)}: must be [batch, heads, "
-                             f"n_hashes, length] = {expected}")
-        if buckets.is_floating_point() or buckets.min() < 0 or buckets.max() >= n_buckets:
-            raise ValueError(f"buckets: must be integers in [0, n_buckets={n_buckets})")
+    if buckets is not None and (buckets.is_floating_point() or buckets.min() < 0
+                                or buckets.max() >= n_buckets):
+        raise ValueError(f"buckets: must be integers in [0, n_buckets={n_buckets})")
 
 
 def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_buckets: int, n_hashes: int,
