@@ -102,12 +102,14 @@ class LanguageModel(nn.Module):
         if spec.tie_embeddings:
             self.head.weight = self.embed.weight
 
-    def forward(self, tokens: torch.Tensor, *,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, *, generator: torch.Generator | None = None,
+                buckets: list | None = None) -> torch.Tensor:
         """tokens [batch, length] (int) -> logits [batch, length, vocab] in float32.
 
         All randomness (LSH rotations, dropout) comes from seeds drawn from ``generator`` (the
-        global CPU RNG when None, drawn from and never reseeded).
+        global CPU RNG when None, drawn from and never reseeded). ``buckets`` (one entry per
+        layer, None for non-LSH layers) replays given buckets instead of hashing, which
+        cross-framework comparisons use.
         """
         if tokens.dim() != 2 or tokens.is_floating_point():
             raise ValueError(f"tokens: must be an integer tensor [batch, length], got "
@@ -124,12 +126,13 @@ class LanguageModel(nn.Module):
         rate = self.spec.dropout if self.training else 0.0
         x = dropout(x, rate, derive_generator(seeds[-1], 0, x.device) if rate else None)
         layer_seeds = seeds[:-1]
+        given = [None] * self.spec.n_layers if buckets is None else list(buckets)
         if self.spec.reversible:
-            y1, y2 = self.stack(x, x, seeds=layer_seeds)
+            y1, y2 = self.stack(x, x, seeds=layer_seeds, buckets=given)
             x = torch.cat([y1, y2], dim=-1)
         else:
-            for block, seed in zip(self.stack.blocks, layer_seeds, strict=True):
-                x = x + block.f(x, seed=derive_seed(seed, 0))[0]
+            for block, seed, replay in zip(self.stack.blocks, layer_seeds, given, strict=True):
+                x = x + block.f(x, seed=derive_seed(seed, 0), buckets=replay)[0]
                 x = x + block.g(x, seed=derive_seed(seed, 1))
         return self.head(self.norm(x)).float()
 

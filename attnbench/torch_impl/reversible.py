@@ -66,11 +66,11 @@ class ReversibleBlock(nn.Module):
 
 class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x1, x2, blocks, seeds, *params):
+    def forward(ctx, x1, x2, blocks, seeds, given, *params):
         buckets = []
         with torch.no_grad():
-            for block, seed in zip(blocks, seeds, strict=True):
-                x1, x2, layer_buckets = block(x1, x2, seed=seed)
+            for block, seed, replay in zip(blocks, seeds, given, strict=True):
+                x1, x2, layer_buckets = block(x1, x2, seed=seed, buckets=replay)
                 buckets.append(layer_buckets)
         hashed = [b for b in buckets if b is not None]
         ctx.save_for_backward(x1, x2, *hashed)
@@ -89,7 +89,7 @@ class _ReversibleFunction(torch.autograd.Function):
             y1, y2, d_y1, d_y2, block_grads = block.backward_step(
                 y1, y2, d_y1, d_y2, seed=seed, buckets=layer_buckets)
             grads = block_grads + grads
-        return (d_y1, d_y2, None, None, *grads)
+        return (d_y1, d_y2, None, None, None, *grads)
 
 
 class ReversibleSequence(nn.Module):
@@ -101,14 +101,18 @@ class ReversibleSequence(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.reversible = True  # False: the ordinary-autograd baseline (tests, memory ablation)
 
-    def forward(self, x1, x2, *, seeds: list[int], reversible: bool | None = None):
+    def forward(self, x1, x2, *, seeds: list[int], buckets: list | None = None,
+                reversible: bool | None = None):
+        """``seeds``: one per block; ``buckets``: optional buckets to replay per block (None
+        entries hash)."""
         reversible = self.reversible if reversible is None else reversible
+        given = [None] * len(self.blocks) if buckets is None else list(buckets)
         if len(seeds) != len(self.blocks):
             raise ValueError(f"len(seeds)={len(seeds)}: must equal the number of blocks "
                              f"({len(self.blocks)})")
         if not reversible:
-            for block, seed in zip(self.blocks, seeds, strict=True):
-                x1, x2, _ = block(x1, x2, seed=seed)
+            for block, seed, replay in zip(self.blocks, seeds, given, strict=True):
+                x1, x2, _ = block(x1, x2, seed=seed, buckets=replay)
             return x1, x2
         params = [p for block in self.blocks for p in block.trainable()]
-        return _ReversibleFunction.apply(x1, x2, list(self.blocks), list(seeds), *params)
+        return _ReversibleFunction.apply(x1, x2, list(self.blocks), list(seeds), given, *params)

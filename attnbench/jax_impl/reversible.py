@@ -1,0 +1,86 @@
+"""The reversible residual stack (RevNet) through ``jax.custom_vjp``: activations are
+reconstructed, not stored.
+
+Block: ``y1 = x1 + F(x2)``, ``y2 = x2 + G(y1)``. The forward saves only the stack's outputs,
+the per-layer keys and each LSH layer's int32 buckets; the backward walks the blocks in reverse,
+reconstructing ``x2 = y2 - G(y1)`` and ``x1 = y1 - F(x2)`` and taking VJPs of the recomputed
+sublayers with exactly the forward's keys and buckets.
+
+``f(params, x, key, buckets) -> (y, buckets or None)`` is the attention sublayer and
+``g(params, x, key) -> y`` the feed-forward; block parameters are ``{"f": ..., "g": ...}``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+
+from attnbench.jax_impl.common import derive_key
+
+
+def reversible_block(f, g, params, x1, x2, *, key, buckets=None):
+    """Plain (autodiff) forward of one block: returns (y1, y2, buckets)."""
+    f_out, buckets = f(params["f"], x2, derive_key(key, 0), buckets)
+    y1 = x1 + f_out
+    return y1, x2 + g(params["g"], y1, derive_key(key, 1)), buckets
+
+
+def _backward_step(f, g, params, y1, y2, d_y1, d_y2, key, buckets):
+    """Reconstruct (x1, x2) from (y1, y2); return them, their gradients and the parameters'."""
+    g_out, g_vjp = jax.vjp(lambda p, y: g(p, y, derive_key(key, 1)), params["g"], y1)
+    d_g, d_y1_g = g_vjp(d_y2)
+    x2 = y2 - g_out
+    d_y1 = d_y1 + d_y1_g
+    f_out, f_vjp = jax.vjp(lambda p, x: f(p, x, derive_key(key, 0), buckets)[0], params["f"], x2)
+    d_f, d_x2_f = f_vjp(d_y1)
+    return y1 - f_out, x2, d_y1, d_y2 + d_x2_f, {"f": d_f, "g": d_g}
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _reversible(f, g, blocks, x1, x2, keys, given):
+    y1, y2, _ = _run(f, g, blocks, x1, x2, keys, given)
+    return y1, y2
+
+
+def _run(f, g, blocks, x1, x2, keys, given):
+    buckets = []
+    for index, params in enumerate(blocks):
+        x1, x2, layer_buckets = reversible_block(f, g, params, x1, x2, key=keys[index],
+                                                 buckets=given[index])
+        buckets.append(layer_buckets)
+    return x1, x2, buckets
+
+
+def _reversible_fwd(f, g, blocks, x1, x2, keys, given):
+    y1, y2, buckets = _run(f, g, blocks, x1, x2, keys, given)
+    return (y1, y2), (blocks, y1, y2, keys, buckets)
+
+
+def _reversible_bwd(f, g, residuals, cotangents):
+    blocks, y1, y2, keys, buckets = residuals
+    d_y1, d_y2 = cotangents
+    grads = [None] * len(blocks)
+    for index in reversed(range(len(blocks))):
+        y1, y2, d_y1, d_y2, grads[index] = _backward_step(
+            f, g, blocks[index], y1, y2, d_y1, d_y2, keys[index], buckets[index])
+    return grads, d_y1, d_y2, None, None
+
+
+_reversible.defvjp(_reversible_fwd, _reversible_bwd)
+
+
+def reversible_sequence(f, g, blocks, x1, x2, *, keys, buckets=None, reversible: bool = True):
+    """A stack of reversible blocks (``blocks``: a list of block parameters, ``keys``: one PRNG
+    key per block, ``buckets``: optional buckets to replay per block, None entries hash).
+    ``reversible=False`` runs the same blocks with ordinary autodiff (every activation
+    stored): same function, same randomness, the memory baseline."""
+    if len(keys) != len(blocks):
+        raise ValueError(f"len(keys)={len(keys)}: must equal the number of blocks ({len(blocks)})")
+    given = [None] * len(blocks) if buckets is None else list(buckets)
+    if not reversible:
+        for index, params in enumerate(blocks):
+            x1, x2, _ = reversible_block(f, g, params, x1, x2, key=keys[index],
+                                         buckets=given[index])
+        return x1, x2
+    return _reversible(f, g, list(blocks), x1, x2, list(keys), given)
