@@ -10,13 +10,22 @@ Usage::
     python -m attnbench.layer_bench --impls lsh,full-fused --lengths 1024,4096 --n-hashes 1,4
 
 Registry
-    ``register(name, hashed=True)(make)`` adds an implementation. ``make(length, n_hashes,
-    args)`` returns ``(module, x)`` or ``(module, x, info)``: ``x`` is a float32
-    ``[1, length, d_model]`` input with ``requires_grad=True``, ``args`` is the :class:`Case`
-    (``d_model``, ``heads``, ``chunk_len``, ``n_buckets``, ``device``...), and ``info`` is an
-    optional dict merged into the result row (e.g. ``{"n_buckets": 256}`` when an
-    implementation picks its own bucket count). ``hashed=False`` marks implementations
-    that ignore ``n_hashes``; they run once per length.
+    ``register(name, hashed=True, framework="torch")(make)`` adds an implementation;
+    ``args`` below is the :class:`Case` (``d_model``, ``heads``, ``chunk_len``,
+    ``n_buckets``, ``device``, ``seed``...). ``hashed=False`` marks implementations that
+    ignore ``n_hashes``; they run once per length. The worker imports only the framework
+    the implementation names (a JAX row never imports torch, and vice versa).
+
+    torch: ``make(length, n_hashes, args)`` returns ``(module, x)`` or ``(module, x, info)``:
+    ``x`` is a float32 ``[1, length, d_model]`` input with ``requires_grad=True`` and
+    ``info`` an optional dict merged into the result row (e.g. ``{"n_buckets": 256}`` when
+    an implementation picks its own bucket count). The step is
+    ``module(x).sum().backward()``.
+
+    jax: ``make`` returns a :class:`JaxLayer`: a pure ``apply(params, x, key) -> y`` (the
+    spec closed over), its parameter pytree and input. The step is
+    ``jax.jit(jax.grad(loss, argnums=(0, 1)))`` of ``loss = sum(apply(params, x, key))``,
+    with a new PRNG key passed in each step (LSH draws fresh rotations, as torch does).
 
 Plugins
     Builders defined outside this module reach the worker subprocess through plugins: a
@@ -28,18 +37,36 @@ Plugins
 
 Measurements
     Time: ``warmup`` untimed steps, then ``repeats`` steps timed with
-    ``time.perf_counter`` (CUDA is synchronized around each step); median and
-    interquartile range in seconds.
+    ``time.perf_counter``, each step ending with a synchronisation (CUDA for torch,
+    ``jax.block_until_ready`` on the whole gradient output for JAX); median and
+    interquartile range in seconds. JAX rows also record ``lower_s`` (tracing and lowering)
+    and ``compile_s`` (``lowered.compile()``), both outside the timed steps, and
+    ``xla_temp_MB``, XLA's planned temporary buffer size from ``memory_analysis()``
+    (``None`` where the backend does not report it).
     Memory (CPU): peak resident set during the timed steps minus the resident set just
     before the first warm-up step. The peak is ``VmHWM`` from ``/proc/self/status`` after
     resetting it (writing ``5`` to ``/proc/self/clear_refs``) once the warm-up is done.
     If the reset fails the row says ``rss_reset: false`` and the peak is ``ru_maxrss``,
     which can also include peaks from before the timed steps (import, build, warm-up).
-    Memory (CUDA): ``max_memory_allocated()`` after ``reset_peak_memory_stats()`` minus
-    ``memory_allocated()`` before the first warm-up step.
+    JAX rows on the CPU use the same method (``mem_method`` says which).
+    Memory (CUDA, torch): ``max_memory_allocated()`` after ``reset_peak_memory_stats()``
+    minus ``memory_allocated()`` before the first warm-up step.
+    Memory (GPU, JAX): the device's ``memory_stats()["peak_bytes_in_use"]`` after the
+    timed steps minus ``bytes_in_use`` before the first warm-up step. JAX cannot reset the
+    peak, so it also covers the warm-up steps and anything before (compilation and
+    autotuning allocate on the device too): when the peak was already reached before the
+    warm-up, ``mem_method`` says the value is an upper bound. Workers run with
+    ``XLA_PYTHON_CLIENT_PREALLOCATE=false``.
 
-torch is imported only inside functions, so the parent process (and ``--help``) stays
-light and never touches the accelerator.
+Devices
+    ``--device cuda[:N]`` for a JAX row means JAX's GPU N; if JAX has no GPU backend the
+    row is an ``error`` naming the problem, never a CPU measurement. JAX rows record the
+    device JAX actually ran on (``platform``, ``device_kind``). ``--threads`` caps torch
+    with ``torch.set_num_threads`` and JAX on the CPU by restricting the worker's CPU
+    affinity to that many cores before importing jax (XLA sizes its thread pool from it).
+
+torch and jax are imported only inside functions, so the parent process (and ``--help``)
+stays light and never touches the accelerator.
 """
 
 from __future__ import annotations
@@ -71,21 +98,39 @@ _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 # --------------------------------------------------------------------------- registry
 
 
+FRAMEWORKS = ("torch", "jax")
+
+
 @dataclass(frozen=True)
 class Impl:
     name: str
-    make: Callable[..., tuple]
+    make: Callable[..., Any]
     hashed: bool
+    framework: str = "torch"
+
+
+@dataclass
+class JaxLayer:
+    """What a JAX builder returns: a pure ``apply(params, x, key) -> y`` and its arguments."""
+
+    apply: Callable[..., Any]
+    params: Any
+    x: Any
+    info: dict = field(default_factory=dict)
 
 
 REGISTRY: dict[str, Impl] = {}
 
 
-def register(name: str, hashed: bool = True) -> Callable[[Callable], Callable]:
+def register(
+    name: str, hashed: bool = True, framework: str = "torch"
+) -> Callable[[Callable], Callable]:
     """Decorator adding ``make(length, n_hashes, args)`` to the registry under ``name``."""
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework={framework!r}: must be one of {', '.join(FRAMEWORKS)}")
 
     def deco(make: Callable) -> Callable:
-        REGISTRY[name] = Impl(name=name, make=make, hashed=hashed)
+        REGISTRY[name] = Impl(name=name, make=make, hashed=hashed, framework=framework)
         return make
 
     return deco
@@ -127,14 +172,10 @@ def make_input(length: int, args: Case):
     return torch.randn(1, length, args.d_model, device=args.device, requires_grad=True)
 
 
-@register("lsh")
-def _make_lsh(length: int, n_hashes: int, args: Case):
-    import torch
-
+def _lsh_spec(n_hashes: int, args: Case):
     from attnbench.spec import AttentionSpec
-    from attnbench.torch_impl.lsh_attention import LSHSelfAttention
 
-    spec = AttentionSpec(
+    return AttentionSpec(
         kind="lsh",
         n_heads=args.heads,
         causal=False,
@@ -142,8 +183,25 @@ def _make_lsh(length: int, n_hashes: int, args: Case):
         n_buckets=args.n_buckets,
         chunk_len=args.chunk_len,
     )
+
+
+def _full_spec(impl: str, args: Case):
+    from attnbench.spec import AttentionSpec
+
+    return AttentionSpec(kind="full", n_heads=args.heads, causal=False, impl=impl)
+
+
+@register("lsh")
+def _make_lsh(length: int, n_hashes: int, args: Case):
+    import torch
+
+    from attnbench.torch_impl.lsh_attention import LSHSelfAttention
+
     layer = LSHSelfAttention(
-        d_model=args.d_model, spec=spec, device=args.device, dtype=torch.float32
+        d_model=args.d_model,
+        spec=_lsh_spec(n_hashes, args),
+        device=args.device,
+        dtype=torch.float32,
     )
     return layer, make_input(length, args)
 
@@ -152,12 +210,13 @@ def _make_full(impl: str):
     def make(length: int, n_hashes: int, args: Case):
         import torch
 
-        from attnbench.spec import AttentionSpec
         from attnbench.torch_impl.full_attention import FullSelfAttention
 
-        spec = AttentionSpec(kind="full", n_heads=args.heads, causal=False, impl=impl)
         layer = FullSelfAttention(
-            d_model=args.d_model, spec=spec, device=args.device, dtype=torch.float32
+            d_model=args.d_model,
+            spec=_full_spec(impl, args),
+            device=args.device,
+            dtype=torch.float32,
         )
         return layer, make_input(length, args)
 
@@ -166,6 +225,45 @@ def _make_full(impl: str):
 
 register("full-fused", hashed=False)(_make_full("fused"))
 register("full-naive", hashed=False)(_make_full("naive"))
+
+
+def _jax_layer(init, apply, spec, length: int, args: Case) -> JaxLayer:
+    """Parameters and a float32 ``[1, length, d_model]`` input drawn from ``args.seed``."""
+    import jax
+    import jax.numpy as jnp
+
+    param_key, x_key = jax.random.split(jax.random.key(args.seed))
+    x = jax.random.normal(x_key, (1, length, args.d_model), jnp.float32)
+
+    def apply_spec(params, x, key):
+        return apply(params, x, spec=spec, key=key)
+
+    return JaxLayer(apply_spec, init(param_key, args.d_model, spec), x)
+
+
+@register("jax-lsh", framework="jax")
+def _make_jax_lsh(length: int, n_hashes: int, args: Case) -> JaxLayer:
+    from attnbench.jax_impl.lsh_attention import init_lsh_self_attention, lsh_self_attention
+
+    spec = _lsh_spec(n_hashes, args)
+    return _jax_layer(init_lsh_self_attention, lsh_self_attention, spec, length, args)
+
+
+def _make_jax_full(impl: str):
+    def make(length: int, n_hashes: int, args: Case) -> JaxLayer:
+        from attnbench.jax_impl.full_attention import (
+            full_self_attention,
+            init_full_self_attention,
+        )
+
+        spec = _full_spec(impl, args)
+        return _jax_layer(init_full_self_attention, full_self_attention, spec, length, args)
+
+    return make
+
+
+register("jax-full-fused", hashed=False, framework="jax")(_make_jax_full("fused"))
+register("jax-full-naive", hashed=False, framework="jax")(_make_jax_full("naive"))
 
 
 # --------------------------------------------------------------------------- cases
@@ -277,9 +375,124 @@ def _iqr(values: Sequence[float]) -> float:
     return q3 - q1
 
 
+class _CpuMemory:
+    """Resident-set growth: VmHWM (reset after the warm-up) minus VmRSS before the warm-up."""
+
+    def start(self) -> None:
+        self.base = _current_rss_mb()
+
+    def after_warmup(self) -> None:
+        self.reset = _reset_hwm()
+
+    def result(self) -> dict:
+        if self.reset:
+            peak, method = _proc_status_kb("VmHWM") / 1024, "vmhwm"
+        else:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            method = "ru_maxrss (not reset: may include pre-step peaks)"
+        return {
+            "mem_MB": peak - self.base,
+            "mem_base_MB": self.base,
+            "mem_method": method,
+            "rss_reset": self.reset,
+        }
+
+
+class _TorchCudaMemory:
+    """``max_memory_allocated`` (reset after the warm-up) minus allocated before it."""
+
+    def __init__(self, torch) -> None:
+        self.cuda = torch.cuda
+
+    def start(self) -> None:
+        self.cuda.synchronize()
+        self.base = self.cuda.memory_allocated() / 2**20
+
+    def after_warmup(self) -> None:
+        self.cuda.synchronize()
+        self.cuda.reset_peak_memory_stats()
+
+    def result(self) -> dict:
+        return {
+            "mem_MB": self.cuda.max_memory_allocated() / 2**20 - self.base,
+            "mem_base_MB": self.base,
+            "mem_method": "cuda_max_allocated",
+            "rss_reset": None,
+        }
+
+
+class _JaxDeviceMemory:
+    """``peak_bytes_in_use`` after the timed steps minus ``bytes_in_use`` before the warm-up.
+
+    JAX has no peak reset: the peak also covers the warm-up and everything before it.
+    """
+
+    def __init__(self, device) -> None:
+        self.device = device
+
+    def _stats(self) -> dict | None:
+        stats = self.device.memory_stats()
+        return stats if stats and "peak_bytes_in_use" in stats else None
+
+    def start(self) -> None:
+        stats = self._stats()
+        self.base = None if stats is None else stats["bytes_in_use"] / 2**20
+        self.peak_before = None if stats is None else stats["peak_bytes_in_use"] / 2**20
+
+    def after_warmup(self) -> None:
+        pass
+
+    def result(self) -> dict:
+        stats = self._stats()
+        if stats is None or self.base is None:
+            return {
+                "mem_MB": None,
+                "mem_base_MB": None,
+                "rss_reset": None,
+                "mem_method": f"none ({self.device.platform} reports no memory_stats)",
+            }
+        peak = stats["peak_bytes_in_use"] / 2**20
+        method = "jax peak_bytes_in_use - bytes_in_use before warm-up (no reset)"
+        if peak <= self.peak_before:
+            method += "; peak reached before the warm-up (compile/autotune?): upper bound"
+        return {
+            "mem_MB": peak - self.base,
+            "mem_base_MB": self.base,
+            "mem_method": method,
+            "rss_reset": None,
+            "mem_peak_before_MB": self.peak_before - self.base,
+        }
+
+
+def _time_steps(case: Case, step: Callable[[], None], memory) -> dict:
+    """Warm-up, then ``case.repeats`` timed calls of ``step`` (which must synchronise)."""
+    memory.start()
+    for _ in range(case.warmup):
+        step()
+    memory.after_warmup()
+    times = []
+    for _ in range(case.repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {
+        "status": "ok",
+        "median_s": statistics.median(times),
+        "iqr_s": _iqr(times),
+        "times_s": times,
+        **memory.result(),
+    }
+
+
 def measure(case: Case) -> dict:
     """Build and time one case in this process. Raises on failure."""
-    impl = get_impl(case.impl)  # before importing torch: a bad name fails fast
+    impl = get_impl(case.impl)  # before importing a framework: a bad name fails fast
+    return (_measure_jax if impl.framework == "jax" else _measure_torch)(case, impl)
+
+
+def _measure_torch(case: Case, impl: Impl) -> dict:
     import torch
 
     torch.set_num_threads(case.threads)
@@ -296,59 +509,96 @@ def measure(case: Case) -> dict:
         x.grad = None
         for p in params:
             p.grad = None
-        out = module(x)
-        out.sum().backward()
-
-    if cuda:
-        torch.cuda.synchronize()
-        base_mb = torch.cuda.memory_allocated() / 2**20
-    else:
-        base_mb = _current_rss_mb()
-    for _ in range(case.warmup):
-        step()
-
-    rss_reset = None
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        rss_reset = _reset_hwm()
-
-    times = []
-    for _ in range(case.repeats):
+        module(x).sum().backward()
         if cuda:
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
 
-    if cuda:
-        mem_mb = torch.cuda.max_memory_allocated() / 2**20 - base_mb
-        mem_method = "cuda_max_allocated"
-    elif rss_reset:
-        mem_mb = _proc_status_kb("VmHWM") / 1024 - base_mb
-        mem_method = "vmhwm"
-    else:
-        import resource
-
-        mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_mb
-        mem_method = "ru_maxrss (not reset: may include pre-step peaks)"
-
-    row = {
-        "status": "ok",
-        "median_s": statistics.median(times),
-        "iqr_s": _iqr(times),
-        "mem_MB": mem_mb,
-        "mem_base_MB": base_mb,  # resident (CPU) or allocated (CUDA) before the warm-up
-        "times_s": times,
-        "mem_method": mem_method,
-        "rss_reset": rss_reset,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    row = _time_steps(case, step, _TorchCudaMemory(torch) if cuda else _CpuMemory())
+    row.update(
+        framework="torch",
+        platform=x.device.type,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+    )
     row.update(info)
+    return row
+
+
+def _limit_cpu_threads(threads: int) -> None:
+    """Pin this process to its first ``threads`` allowed CPUs; XLA sizes its pool from that."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if threads < len(allowed):
+        os.sched_setaffinity(0, allowed[:threads])
+
+
+def _jax_device(jax, device: str):
+    """The JAX device for ``cpu`` or ``cuda[:N]``; never falls back to the CPU."""
+    if device == "cpu":
+        return jax.devices("cpu")[0]
+    index = int(device.partition(":")[2] or 0)
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"--device {device} asked but JAX has no GPU backend (jax {jax.__version__}, "
+            f"default backend {jax.default_backend()!r}; a CUDA jaxlib is needed); "
+            f"not measuring on the CPU instead [{exc}]"
+        ) from None
+    if index >= len(gpus):
+        raise RuntimeError(f"--device {device} asked but JAX sees {len(gpus)} GPU(s)")
+    return gpus[index]
+
+
+def _measure_jax(case: Case, impl: Impl) -> dict:
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if case.device == "cpu" and "jax" not in sys.modules:
+        _limit_cpu_threads(case.threads)
+    import jax
+    import jax.numpy as jnp
+
+    device = _jax_device(jax, case.device)
+    with jax.default_device(device):
+        layer = impl.make(case.length, case.n_hashes, case)
+        if not isinstance(layer, JaxLayer):
+            raise TypeError(
+                f"{case.impl}: a jax builder must return a JaxLayer, got {type(layer).__name__}"
+            )
+        # One distinct key per step, made before timing: LSH draws new rotations each step.
+        keys = list(jax.random.split(jax.random.key(case.seed + 1), case.warmup + case.repeats))
+    params, x, keys = jax.device_put((layer.params, layer.x, keys), device)
+
+    def loss(params, x, key):
+        return jnp.sum(layer.apply(params, x, key))
+
+    t0 = time.perf_counter()
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x, keys[0])
+    lower_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    try:
+        temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
+    except Exception:  # noqa: BLE001 - not every backend or version reports it
+        temp = None
+    next_key = iter(keys).__next__
+
+    def step() -> None:
+        # The gradients are dropped at once, as torch's are set to None before each step.
+        jax.block_until_ready(compiled(params, x, next_key()))
+
+    memory = _CpuMemory() if device.platform == "cpu" else _JaxDeviceMemory(device)
+    row = _time_steps(case, step, memory)
+    row.update(
+        framework="jax",
+        platform=device.platform,
+        device_kind=device.device_kind,
+        jax=jax.__version__,
+        threads=len(os.sched_getaffinity(0)) if device.platform == "cpu" else None,
+        lower_s=lower_s,
+        compile_s=compile_s,
+        xla_temp_MB=temp,
+    )
+    row.update(layer.info)
     return row
 
 
@@ -374,6 +624,8 @@ def worker_main(case_json: str) -> int:
 
 def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
+    # JAX must not grab most of the GPU up front (memory readings, and room for the rest).
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     parts = [str(_PACKAGE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(parts)
     return env
@@ -453,17 +705,37 @@ def run_cases(
 
 # --------------------------------------------------------------------------- output
 
-TABLE_COLUMNS = ("impl", "length", "n_hashes", "n_buckets", "status", "median_s", "iqr_s", "mem_MB")
+TABLE_COLUMNS = (
+    "impl",
+    "length",
+    "n_hashes",
+    "n_buckets",
+    "status",
+    "median_s",
+    "iqr_s",
+    "mem_MB",
+    "compile_s",
+)
 CSV_COLUMNS = TABLE_COLUMNS + (
     "mem_base_MB",
     "threads",
     "device",
+    "platform",
+    "device_kind",
     "repeats",
     "mem_method",
     "rss_reset",
+    "framework",
+    "lower_s",
+    "xla_temp_MB",
     "torch",
+    "jax",
     "error",
 )
+
+# (numerator, denominator, target) printed after the table when both ran; ``target`` is
+# the issue's bound on the time ratio (None: informative only).
+RATIOS = (("lsh", "full-fused", None), ("jax-lsh", "lsh", 1.5))
 
 
 def _cell(value: Any) -> str:
@@ -516,8 +788,16 @@ def ratio(
     return a[key] / b[key]
 
 
-def format_ratios(rows: Sequence[dict], num: str = "lsh", den: str = "full-fused") -> str:
-    """``num`` / ``den`` median time for every (length, n_hashes) where both ran ok."""
+def format_ratios(
+    rows: Sequence[dict],
+    num: str = "lsh",
+    den: str = "full-fused",
+    target: float | None = None,
+) -> str:
+    """``num`` / ``den`` median time for every (length, n_hashes) where both ran ok.
+
+    With ``target``, each line also says whether the ratio is ``<= target``.
+    """
     keys = sorted(
         {
             (r["length"], r["n_hashes"])
@@ -530,12 +810,21 @@ def format_ratios(rows: Sequence[dict], num: str = "lsh", den: str = "full-fused
     for length, h in keys:
         value = ratio(rows, num, den, length, h)
         if value is not None:
+            verdict = "" if target is None else f"  {'PASS' if value <= target else 'FAIL'}"
             lines.append(
                 f"  length={length:<6} n_hashes={_cell(h):<3} {num}/{den} time = {value:.3f}"
+                + verdict
             )
     if not lines:
         return ""
-    return f"ratios ({num} / {den} median time, same run):\n" + "\n".join(lines)
+    bound = "" if target is None else f"; target <= {target:g}"
+    return f"ratios ({num} / {den} median time, same run{bound}):\n" + "\n".join(lines)
+
+
+def format_all_ratios(rows: Sequence[dict]) -> str:
+    """Every :data:`RATIOS` section that has at least one line, blank-line separated."""
+    sections = (format_ratios(rows, num, den, target) for num, den, target in RATIOS)
+    return "\n\n".join(text for text in sections if text)
 
 
 def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> None:
@@ -697,7 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker_main(args.worker)
     rows = run_cases(cases_from_args(args), timeout=args.timeout, progress=not args.no_progress)
     print(format_table(rows))
-    ratios = format_ratios(rows)
+    ratios = format_all_ratios(rows)
     if ratios:
         print()
         print(ratios)

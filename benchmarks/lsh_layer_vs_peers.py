@@ -167,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lb.cases_from_args(args), timeout=args.timeout, progress=not args.no_progress
     )
     print(lb.format_table(rows))
-    for text in (lb.format_ratios(rows, OURS, FULL), format_targets(rows)):
+    # lsh / full-fused, and jax-lsh / lsh when --impls adds jax-lsh (this env needs jax then).
+    for text in (lb.format_all_ratios(rows), format_targets(rows)):
         if text:
             print()
             print(text)

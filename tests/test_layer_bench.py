@@ -1,6 +1,6 @@
 """The pure parts of attnbench.layer_bench, and that failing cases become rows.
 
-Nothing here asserts on timings; only the last test runs real (tiny) layers.
+Nothing here asserts on timings; only the last tests run real (tiny) layers.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -139,6 +141,86 @@ def test_table_ratios_and_csv(tmp_path):
     assert read[0]["median_s"] == "0.5"
 
 
+def test_ratio_sections_include_jax_over_torch_lsh():
+    rows = [
+        _ok("lsh", 16384, 1, 2.0),
+        _ok("lsh", 16384, 4, 4.0),
+        _ok("jax-lsh", 16384, 1, 2.5),
+        _ok("jax-lsh", 16384, 4, 8.0),
+        _ok("full-fused", 16384, None, 20.0),
+    ]
+    text = lb.format_all_ratios(rows)
+    first, second = text.split("\n\n")
+    assert first.startswith("ratios (lsh / full-fused median time, same run):")
+    assert "n_hashes=4   lsh/full-fused time = 0.200" in first
+    assert second.startswith("ratios (jax-lsh / lsh median time, same run; target <= 1.5):")
+    assert "length=16384  n_hashes=1   jax-lsh/lsh time = 1.250  PASS" in second
+    assert "length=16384  n_hashes=4   jax-lsh/lsh time = 2.000  FAIL" in second
+    # Only the sections whose rows ran appear.
+    assert lb.format_all_ratios(rows[2:4]) == ""
+    assert lb.format_all_ratios(rows[:4]).startswith("ratios (jax-lsh / lsh")
+
+
+def test_registry_knows_each_framework():
+    assert lb.get_impl("lsh").framework == "torch"
+    for name, hashed in [("jax-lsh", True), ("jax-full-fused", False), ("jax-full-naive", False)]:
+        impl = lb.get_impl(name)
+        assert (impl.framework, impl.hashed) == ("jax", hashed)
+    with pytest.raises(ValueError, match="tensorflow"):
+        lb.register("x", framework="tensorflow")
+    assert lb._worker_env()["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+
+
+def test_importing_layer_bench_loads_neither_framework():
+    code = (
+        "import sys, attnbench.layer_bench; "
+        "print(sorted(m for m in ('torch', 'jax') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+class _FakeDevice:
+    """A JAX device whose memory_stats() returns the given dicts in turn (bytes)."""
+
+    platform = "gpu"
+
+    def __init__(self, *stats):
+        self.stats = list(stats)
+
+    def memory_stats(self):
+        return self.stats.pop(0)
+
+
+def test_jax_device_memory_is_peak_growth_and_flags_an_early_peak():
+    mib = 2**20
+    memory = lb._JaxDeviceMemory(
+        _FakeDevice(
+            {"bytes_in_use": 100 * mib, "peak_bytes_in_use": 150 * mib},
+            {"bytes_in_use": 100 * mib, "peak_bytes_in_use": 400 * mib},
+        )
+    )
+    memory.start()
+    memory.after_warmup()
+    row = memory.result()
+    assert (row["mem_MB"], row["mem_base_MB"], row["mem_peak_before_MB"]) == (300, 100, 50)
+    assert "peak_bytes_in_use" in row["mem_method"] and "upper bound" not in row["mem_method"]
+
+    early = lb._JaxDeviceMemory(
+        _FakeDevice(
+            {"bytes_in_use": 100 * mib, "peak_bytes_in_use": 900 * mib},
+            {"bytes_in_use": 100 * mib, "peak_bytes_in_use": 900 * mib},
+        )
+    )
+    early.start()
+    row = early.result()
+    assert row["mem_MB"] == 800 and "upper bound" in row["mem_method"]
+
+    none = lb._JaxDeviceMemory(_FakeDevice(None, None))
+    none.start()
+    assert none.result()["mem_MB"] is None
+
+
 def test_last_json_line_skips_noise():
     assert lb._last_json_line('warning\n{"status": "ok"}\n\n') == {"status": "ok"}
     assert lb._last_json_line("Traceback ...\n") is None
@@ -250,17 +332,80 @@ def _have_torch_impl() -> bool:
         return False
 
 
+def _blocker(tmp_path, module):
+    """A plugin making ``import <module>`` fail in the worker (it runs before the build)."""
+    return _plugin(
+        tmp_path,
+        f"""
+        import sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == {module!r}:
+                    raise ImportError("blocked by the test: " + name)
+
+        sys.meta_path.insert(0, Block())
+    """,
+    )
+
+
+def test_jax_cuda_without_a_jax_gpu_is_an_error_row():
+    pytest.importorskip("jax")
+    row = lb.run_case(
+        lb.Case(impl="jax-lsh", length=128, n_hashes=1, n_buckets=4, repeats=1, device="cuda"),
+        timeout=120,
+    )
+    if row["status"] == "ok" and row["platform"] == "gpu":
+        pytest.skip("JAX has a GPU here")
+    assert row["status"] == "error", row
+    assert "--device cuda" in row["error"] and "no GPU" in row["error"]
+    assert "median_s" not in row  # nothing was measured on the CPU instead
+
+
+@pytest.mark.slow
+def test_real_tiny_jax_case_without_torch(tmp_path):
+    pytest.importorskip("jax")
+    cases = lb.expand_cases(
+        ["jax-lsh"],
+        [128],
+        [1],
+        4,
+        chunk_len=32,
+        repeats=2,
+        warmup=1,
+        threads=1,
+        plugins=[_blocker(tmp_path, "torch")],
+    )
+    (row,) = lb.run_cases(cases, timeout=120, progress=False)
+    assert row["status"] == "ok", row
+    assert (row["framework"], row["platform"], row["device"]) == ("jax", "cpu", "cpu")
+    assert len(row["times_s"]) == 2 and row["iqr_s"] >= 0
+    assert row["compile_s"] > 0 and row["lower_s"] > 0
+    assert row["xla_temp_MB"] is None or row["xla_temp_MB"] >= 0
+    assert row["threads"] == 1
+    assert row["mem_method"] in ("vmhwm", "ru_maxrss (not reset: may include pre-step peaks)")
+    assert "torch" not in row
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not _have_torch_impl(), reason="attnbench.torch_impl not written yet")
-def test_real_tiny_cases():
+def test_real_tiny_cases(tmp_path):
     pytest.importorskip("torch")
     cases = lb.expand_cases(
-        ["lsh", "full-naive"], [128], [2], 4, chunk_len=32, repeats=2, warmup=1, threads=1
+        ["lsh", "full-naive"],
+        [128],
+        [2],
+        4,
+        chunk_len=32,
+        repeats=2,
+        warmup=1,
+        threads=1,
+        plugins=[_blocker(tmp_path, "jax")],  # a torch row must not need jax
     )
     rows = lb.run_cases(cases, timeout=120, progress=False)
     assert [(r["impl"], r["status"]) for r in rows] == [("lsh", "ok"), ("full-naive", "ok")], rows
     for r in rows:
         assert len(r["times_s"]) == 2
         assert r["iqr_s"] >= 0 and r["mem_MB"] is not None
-        assert r["threads"] == 1
+        assert r["threads"] == 1 and r["framework"] == "torch"
         assert r["mem_method"] in ("vmhwm", "ru_maxrss (not reset: may include pre-step peaks)")
