@@ -185,3 +185,21 @@ def test_torch_and_jax_agree(rng, variant):
     assert_close(out, t_out, "float32", f"{variant} output")
     for got, want in zip(j_grads, t_grads, strict=True):
         assert_close(got, want, "float32", f"{variant} gradient")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_low_precision_lsh_is_finite_and_close(rng, jax_device, dtype):
+    low = getattr(jnp, dtype)
+    qk = jnp.asarray(rng.standard_normal((1, 2, 64, 16)), low)
+    v = jnp.asarray(rng.standard_normal((1, 2, 64, 16)), low)
+    rotations = jnp.asarray(rng.standard_normal((2, 16, 2, 4)), jnp.float32)
+    kw = {"n_buckets": 8, "n_hashes": 2, "chunk_len": 16, "causal": True}
+    out, buckets = jax.jit(lambda a, b: jlsh.lsh_attention(a, b, rotations=rotations,
+                                                           return_buckets=True, **kw))(qk, v)
+    assert out.dtype == low
+    grads = jax.jit(jax.grad(lambda a, b: jlsh.lsh_attention(
+        a, b, rotations=rotations, **kw).astype(jnp.float32).sum(), argnums=(0, 1)))(qk, v)
+    assert all(bool(jnp.isfinite(g.astype(jnp.float32)).all()) for g in grads)
+    ref = R.lsh_attention(np.asarray(qk, np.float64), np.asarray(v, np.float64),
+                          buckets=np.asarray(buckets), n_buckets=8, chunk_len=16, causal=True)
+    assert_close(np.asarray(out, np.float64), ref, dtype, "low-precision output")

@@ -60,6 +60,27 @@ def test_feed_forward_backward_is_chunked():
     assert whole >= hidden and chunked <= whole / 4, (whole, chunked)
 
 
+@pytest.mark.parametrize("chunk_len", [None, 16], ids=["whole", "c16"])
+def test_feed_forward_torch_and_jax_agree(rng, chunk_len):
+    from attnbench.torch_impl.chunked_ff import FeedForward
+
+    spec = FeedForwardSpec(d_ff=48, chunk_len=chunk_len)
+    torch.manual_seed(0)
+    torch_ff = FeedForward(12, spec)
+    params = torch_to_jax(torch_ff.state_dict())
+    x = rng.standard_normal((2, 64, 12)).astype(np.float32)
+    d_y = rng.standard_normal((2, 64, 12)).astype(np.float32)
+    t_x = torch.tensor(x, requires_grad=True)
+    t_y = torch_ff(t_x)
+    t_y.backward(torch.tensor(d_y))
+    y, pullback = jax.vjp(lambda p, a: feed_forward(p, a, spec=spec), params, jnp.asarray(x))
+    d_params, d_x = pullback(jnp.asarray(d_y))
+    assert_close(y, t_y.detach().numpy(), "float32", "y")
+    assert_close(d_x, t_x.grad.numpy(), "float32", "d_x")
+    assert_close(d_params["w1"]["weight"], torch_ff.w1.weight.grad.numpy(), "float32", "d_w1")
+    assert_close(d_params["norm"]["bias"], torch_ff.norm.bias.grad.numpy(), "float32", "d_beta")
+
+
 # ---------------------------------------------------------------------------------------------
 # Reversible stack
 # ---------------------------------------------------------------------------------------------
