@@ -12,6 +12,7 @@ from attnbench.jax_impl import full_attention as jfa
 from attnbench.jax_impl import lsh_attention as jlsh
 from attnbench.torch_impl import full_attention as tfa
 from attnbench.torch_impl import lsh_attention as tlsh
+from tests.lsh_cases import LSH_ARGNAMES, LSH_CASES
 from tests.tolerances import assert_close
 
 DTYPES = {"float64": jnp.float64, "float32": jnp.float32}
@@ -59,19 +60,11 @@ def test_fused_full_attention_matches_reference_in_float32(rng, jax_device):
         assert_close(out, ref, "float32", f"fused causal={causal}")
 
 
-LSH_CASES = [
-    pytest.param(64, 7, 1, 8, 8, 1, 0, False, id="L64-d7-h1-c8"),
-    pytest.param(96, 59, 2, 6, 16, 1, 0, False, id="L96-d59-h2-c16"),
-    pytest.param(64, 8, 4, 4, 4, 1, 0, False, id="L64-d8-h4-c4"),
-    pytest.param(48, 5, 2, 8, 8, 2, 1, False, id="L48-d5-h2-before2-after1"),
-    pytest.param(32, 6, 4, 4, 8, 1, 0, True, id="L32-d6-h4-dedup"),
-]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-@pytest.mark.parametrize(("length", "d_head", "n_hashes", "n_buckets", "chunk_len", "n_before",
-                          "n_after", "dedup"), LSH_CASES)
+@pytest.mark.parametrize(LSH_ARGNAMES, LSH_CASES)
 def test_lsh_matches_reference(rng, jax_device, dtype, causal, length, d_head, n_hashes,
                                n_buckets, chunk_len, n_before, n_after, dedup):
     n_after = 0 if causal else n_after

@@ -7,6 +7,7 @@ import torch
 from attnbench import reference as R
 from attnbench.torch_impl.full_attention import full_attention, shared_qk_attention
 from attnbench.torch_impl.lsh_attention import hash_vectors, lsh_attention
+from tests.lsh_cases import LSH_ARGNAMES, LSH_CASES
 from tests.tolerances import TOLERANCE, assert_close
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -50,21 +51,11 @@ def test_shared_qk_attention_matches_reference(rng, device, dtype, causal):
     assert_close(np64(v.grad), d_v, dtype, "d_v")
 
 
-LSH_CASES = [
-    # (length, d_head, n_hashes, n_buckets, chunk_len, n_before, n_after, dedup)
-    pytest.param(64, 7, 1, 8, 8, 1, 0, False, id="L64-d7-h1-c8"),
-    pytest.param(96, 59, 2, 6, 16, 1, 0, False, id="L96-d59-h2-c16"),
-    pytest.param(64, 8, 4, 4, 4, 1, 0, False, id="L64-d8-h4-c4"),
-    pytest.param(48, 5, 2, 8, 8, 2, 1, False, id="L48-d5-h2-before2-after1"),
-    pytest.param(32, 6, 4, 4, 8, 1, 0, True, id="L32-d6-h4-dedup"),
-    pytest.param(32, 4, 2, 2, 32, 1, 0, False, id="L32-one-chunk-per-round"),
-]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-@pytest.mark.parametrize(("length", "d_head", "n_hashes", "n_buckets", "chunk_len", "n_before",
-                          "n_after", "dedup"), LSH_CASES)
+@pytest.mark.parametrize(LSH_ARGNAMES, LSH_CASES)
 def test_lsh_attention_matches_reference(rng, device, dtype, causal, length, d_head, n_hashes,
                                          n_buckets, chunk_len, n_before, n_after, dedup):
     if causal and n_after:
