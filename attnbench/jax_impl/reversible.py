@@ -15,6 +15,8 @@ from __future__ import annotations
 from functools import partial
 
 import jax
+import jax.numpy as jnp
+from jax import lax
 
 from attnbench.jax_impl.common import derive_key
 
@@ -37,6 +39,19 @@ def _backward_step(f, g, params, y1, y2, d_y1, d_y2, key, buckets):
     return y1 - f_out, x2, d_y1, d_y2 + d_x2_f, {"f": d_f, "g": d_g}
 
 
+def _stack(trees):
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _stacked_buckets(given):
+    """Per-layer replay buckets as one stacked array, or None when no layer replays."""
+    if all(b is None for b in given):
+        return None
+    if any(b is None for b in given):
+        raise ValueError("buckets: give an array for every layer or for none")
+    return jnp.stack(given)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _reversible(f, g, blocks, x1, x2, keys, given):
     y1, y2, _ = _run(f, g, blocks, x1, x2, keys, given)
@@ -44,12 +59,15 @@ def _reversible(f, g, blocks, x1, x2, keys, given):
 
 
 def _run(f, g, blocks, x1, x2, keys, given):
-    buckets = []
-    for index, params in enumerate(blocks):
-        x1, x2, layer_buckets = reversible_block(f, g, params, x1, x2, key=keys[index],
-                                                 buckets=given[index])
-        buckets.append(layer_buckets)
-    return x1, x2, buckets
+    """The forward as a scan over layers: one compiled body whose buffers every layer reuses
+    (an unrolled loop let XLA:CPU keep per-layer buffers, so memory grew with depth)."""
+    def body(carry, layer):
+        params, key, replay = layer
+        y1, y2, buckets = reversible_block(f, g, params, *carry, key=key, buckets=replay)
+        return (y1, y2), buckets
+
+    (y1, y2), buckets = lax.scan(body, (x1, x2), (blocks, keys, given))
+    return y1, y2, buckets
 
 
 def _reversible_fwd(f, g, blocks, x1, x2, keys, given):
@@ -59,11 +77,14 @@ def _reversible_fwd(f, g, blocks, x1, x2, keys, given):
 
 def _reversible_bwd(f, g, residuals, cotangents):
     blocks, y1, y2, keys, buckets = residuals
-    d_y1, d_y2 = cotangents
-    grads = [None] * len(blocks)
-    for index in reversed(range(len(blocks))):
-        y1, y2, d_y1, d_y2, grads[index] = _backward_step(
-            f, g, blocks[index], y1, y2, d_y1, d_y2, keys[index], buckets[index])
+
+    def body(carry, layer):
+        params, key, layer_buckets = layer
+        *carry, grads = _backward_step(f, g, params, *carry, key, layer_buckets)
+        return tuple(carry), grads
+
+    (_, _, d_y1, d_y2), grads = lax.scan(body, (y1, y2, *cotangents), (blocks, keys, buckets),
+                                         reverse=True)
     return grads, d_y1, d_y2, None, None
 
 
@@ -83,4 +104,7 @@ def reversible_sequence(f, g, blocks, x1, x2, *, keys, buckets=None, reversible:
             x1, x2, _ = reversible_block(f, g, params, x1, x2, key=keys[index],
                                          buckets=given[index])
         return x1, x2
-    return _reversible(f, g, list(blocks), x1, x2, list(keys), given)
+    # Layers run as a scan over stacked parameters; gradients come back in the same layout.
+    stacked = _stack(list(blocks))
+    y1, y2 = _reversible(f, g, stacked, x1, x2, jnp.stack(list(keys)), _stacked_buckets(given))
+    return y1, y2
