@@ -191,34 +191,27 @@ def _full_spec(impl: str, args: Case):
     return AttentionSpec(kind="full", n_heads=args.heads, causal=False, impl=impl)
 
 
-@register("lsh")
-def _make_lsh(length: int, n_hashes: int, args: Case):
+def _torch_layer(layer_class: str, spec, length: int, args: Case):
+    import importlib
+
     import torch
 
-    from attnbench.torch_impl.lsh_attention import LSHSelfAttention
-
-    layer = LSHSelfAttention(
-        d_model=args.d_model,
-        spec=_lsh_spec(n_hashes, args),
-        device=args.device,
-        dtype=torch.float32,
-    )
+    module, name = layer_class.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    layer = cls(d_model=args.d_model, spec=spec, device=args.device, dtype=torch.float32)
     return layer, make_input(length, args)
+
+
+@register("lsh")
+def _make_lsh(length: int, n_hashes: int, args: Case):
+    return _torch_layer("attnbench.torch_impl.lsh_attention.LSHSelfAttention",
+                        _lsh_spec(n_hashes, args), length, args)
 
 
 def _make_full(impl: str):
     def make(length: int, n_hashes: int, args: Case):
-        import torch
-
-        from attnbench.torch_impl.full_attention import FullSelfAttention
-
-        layer = FullSelfAttention(
-            d_model=args.d_model,
-            spec=_full_spec(impl, args),
-            device=args.device,
-            dtype=torch.float32,
-        )
-        return layer, make_input(length, args)
+        return _torch_layer("attnbench.torch_impl.full_attention.FullSelfAttention",
+                            _full_spec(impl, args), length, args)
 
     return make
 

@@ -6,7 +6,6 @@ Nothing here asserts on timings; only the last tests run real (tiny) layers.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -325,13 +324,6 @@ def test_plugin_registers_builders(tmp_path):
 # ----------------------------------------------------------------- one real tiny run
 
 
-def _have_torch_impl() -> bool:
-    try:
-        return importlib.util.find_spec("attnbench.torch_impl.lsh_attention") is not None
-    except ImportError:
-        return False
-
-
 def _blocker(tmp_path, module):
     """A plugin making ``import <module>`` fail in the worker (it runs before the build)."""
     return _plugin(
@@ -388,7 +380,6 @@ def test_real_tiny_jax_case_without_torch(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _have_torch_impl(), reason="attnbench.torch_impl not written yet")
 def test_real_tiny_cases(tmp_path):
     pytest.importorskip("torch")
     cases = lb.expand_cases(
