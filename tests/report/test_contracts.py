@@ -1,0 +1,130 @@
+"""Same-run ratio contracts on constructed rows with known answers, and `attnbench check`."""
+
+import argparse
+import json
+
+import pytest
+
+from attnbench import contracts
+from attnbench.contracts import evaluate_contracts
+from attnbench.store import RunStore
+
+
+def make_row(variant, length, status="ok", n_hashes=None, mode="forward-backward", **metrics):
+    case = {"variant": variant, "framework": "torch", "mode": mode, "length": length,
+            "n_hashes": n_hashes, "device": "cpu", "options": {"task": "dup"}}
+    return {"case_id": f"{variant}-{length}-{n_hashes}-{mode}", "case": case, "status": status,
+            "error": "out of memory: tried to allocate 4 GiB" if status != "ok" else None,
+            "metrics": metrics}
+
+
+ROWS = [make_row("lsh", 4096, n_hashes=1, time_median_s=0.2, mem_peak_mb=100.0),
+        make_row("lsh", 4096, n_hashes=4, time_median_s=0.6, mem_peak_mb=300.0),
+        make_row("lsh", 8192, "oom", n_hashes=4),
+        make_row("full-fused", 4096, time_median_s=0.5, mem_peak_mb=1000.0),
+        make_row("full-fused", 8192, time_median_s=2.0),
+        make_row("full-fused", 4096, mode="forward", time_median_s=0.1)]
+FULL_4096 = {"variant": "full-fused", "length": 4096, "mode": "forward-backward"}
+
+
+def contract(numerator, denominator=FULL_4096, metric="time_median_s", **bounds):
+    return {"name": "c", "metric": metric, "numerator": numerator, "denominator": denominator,
+            **bounds}
+
+
+def test_ratio_within_bound_passes_and_reports_value():
+    [result] = evaluate_contracts(ROWS, [contract({"variant": "lsh", "n_hashes": 1,
+                                                   "length": 4096}, max_ratio=0.5)])
+    assert result.passed, result.message
+    assert result.ratio == pytest.approx(0.4)
+    assert "0.4" in result.message and "<= 0.5" in result.message
+
+
+def test_ratio_beyond_bound_is_a_violation():
+    [result] = evaluate_contracts(ROWS, [contract({"variant": "lsh", "n_hashes": 4,
+                                                   "length": 4096}, max_ratio=0.5)])
+    assert not result.passed
+    assert result.ratio == pytest.approx(1.2)
+
+
+def test_min_ratio_and_both_bounds():
+    num = {"variant": "lsh", "n_hashes": 1, "length": 4096}
+    results = evaluate_contracts(ROWS, [
+        contract(num, metric="mem_peak_mb", min_ratio=0.2),           # 0.1 < 0.2: fails
+        contract(num, metric="mem_peak_mb", min_ratio=0.05, max_ratio=0.2),  # 0.1: passes
+    ])
+    assert [r.passed for r in results] == [False, True]
+
+
+def test_oom_numerator_is_a_violation_naming_its_status():
+    [result] = evaluate_contracts(ROWS, [contract(
+        {"variant": "lsh", "n_hashes": 4, "length": 8192},
+        {"variant": "full-fused", "length": 8192}, max_ratio=0.5)])
+    assert not result.passed
+    assert "oom" in result.message and "out of memory" in result.message
+
+
+def test_missing_and_ambiguous_selectors_fail_with_a_reason():
+    missing, ambiguous, metric_missing = evaluate_contracts(ROWS, [
+        contract({"variant": "lsh", "length": 16384}, max_ratio=1),
+        contract({"variant": "lsh", "n_hashes": 1, "length": 4096},
+                 {"variant": "full-fused", "length": 4096}, max_ratio=1),  # fwd and fb match
+        contract({"variant": "lsh", "n_hashes": 1, "length": 4096}, metric="flops", max_ratio=1),
+    ])
+    assert not missing.passed and "no case matches numerator" in missing.message
+    assert not ambiguous.passed and "ambiguous" in ambiguous.message
+    assert "2 cases" in ambiguous.message
+    assert not metric_missing.passed and "has no flops" in metric_missing.message
+
+
+def test_selector_may_name_an_option():
+    [result] = evaluate_contracts(ROWS, [contract(
+        {"variant": "lsh", "n_hashes": 1, "length": 4096, "task": "dup"}, max_ratio=1)])
+    assert result.passed, result.message
+
+
+def test_no_bound_is_a_failure():
+    [result] = evaluate_contracts(ROWS, [contract({"variant": "lsh", "n_hashes": 1})])
+    assert not result.passed
+
+
+def write_run(path, rows, contract_list):
+    store = RunStore(path)
+    store.create({"run_id": path.name, "suite": {"name": "t", "contracts": contract_list}})
+    for row in rows:
+        store.append({"run_id": path.name, **row})
+    return path
+
+
+def check(*argv):
+    parser = argparse.ArgumentParser()
+    contracts.add_arguments(parser)
+    return contracts.run(parser.parse_args([str(a) for a in argv]))
+
+
+def test_check_command_exit_status(tmp_path, capsys):
+    good = contract({"variant": "lsh", "n_hashes": 1, "length": 4096}, max_ratio=0.5)
+    bad = {**contract({"variant": "lsh", "n_hashes": 4, "length": 4096}, max_ratio=0.5),
+           "name": "LSH-4 at 4096 <= 0.5x full"}
+    assert check(write_run(tmp_path / "good", ROWS, [good])) == 0
+    assert "PASS" in capsys.readouterr().out
+    assert check(write_run(tmp_path / "bad", ROWS, [good, bad])) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  LSH-4 at 4096 <= 0.5x full" in out and "= 1.2" in out
+    assert "1 passed, 1 failed" in out
+
+
+def test_check_without_contracts(tmp_path, capsys):
+    run = write_run(tmp_path / "none", ROWS, [])
+    assert check(run) == 0
+    assert check(run, "--require-contracts") == 1
+    assert check(tmp_path / "absent") == 2
+
+
+def test_check_on_the_golden_run(data_dir, capsys):
+    assert check(data_dir / "torch-cpu") == 1
+    out = capsys.readouterr().out
+    assert out.count("PASS") == 2 and out.count("FAIL") == 2
+    meta = json.loads((data_dir / "torch-cpu" / "meta.json").read_text())
+    for c in meta["suite"]["contracts"]:
+        assert c["name"] in out
