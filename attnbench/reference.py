@@ -292,3 +292,25 @@ def reversible_block_vjp(y1, y2, d_y1, d_y2, f_vjp, g_vjp, f, g):
     d_y1 = d_y1 + d_y1_from_g
     d_x2_from_f, d_f = f_vjp(x2, d_y1)
     return x1, x2, d_y1, d_y2 + d_x2_from_f, d_f, d_g
+
+
+# --------------------------------------------------------------------------------------------
+# Attention-mass recall of LSH (the approximation measurement)
+# --------------------------------------------------------------------------------------------
+
+
+def shared_qk_probabilities(qk, *, causal):
+    """Exact shared-QK attention probabilities [batch, heads, length, length]."""
+    dummy_v = np.zeros((*qk.shape[:-1], 1))
+    _, saved = _attend(qk, normalize_keys(qk), dummy_v, scale=1.0, counts=None, causal=causal,
+                       self_mask=True)
+    return saved.probs
+
+
+def lsh_recall(qk, buckets, *, n_buckets, chunk_len, causal, n_chunks_before=1,
+               n_chunks_after=0):
+    """Per query [batch, heads, length]: the share of its exact shared-QK probability mass on
+    the keys that LSH with ``buckets`` lets it attend to (those counted at least once)."""
+    attended = lsh_counts(buckets, n_buckets=n_buckets, chunk_len=chunk_len,
+                          n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after) > 0
+    return np.sum(np.where(attended, shared_qk_probabilities(qk, causal=causal), 0.0), -1)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnbench.tasks.data import APPROX_STREAM, stream_rng
+from attnbench.tasks.config import TaskConfig
+from attnbench.tasks.data import APPROX_STREAM, make_batch, stream_rng
 
 INPUT_KINDS = ("random", "clustered", "trained")
 CLUSTER_NOISE = 0.1  # the noise around a centre, relative to the centre's scale
@@ -67,3 +68,25 @@ def rotations(*, seed: int, n_heads: int, d_head: int, n_hashes: int,
     rounds = [_rng(seed, _ROTATIONS, r).standard_normal((n_heads, d_head, n_buckets // 2))
               for r in range(n_hashes)]
     return np.stack(rounds, axis=2).astype(np.float32)
+
+
+# Keys "from a trained model": layer 0 of a 1-layer duplication model trained with exact
+# shared-QK attention at the measured length and widths (nothing is downloaded). A fixed budget
+# of steps and of tokens per step keeps it to seconds at short lengths; at long lengths the
+# model is only partly trained (its loss curve is kept with the checkpoint).
+TRAINED_STEPS = 300
+TRAINED_TOKENS_PER_STEP = 2048
+
+
+def trained_config(*, d_model: int, n_heads: int, length: int, seed: int) -> TaskConfig:
+    """The TaskConfig of the model whose layer gives the ``trained`` inputs."""
+    return TaskConfig.preset(
+        "cpu", d_model=d_model, d_ff=d_model, n_heads=n_heads, length=length, seed=seed,
+        steps=TRAINED_STEPS, batch=max(1, TRAINED_TOKENS_PER_STEP // length),
+        train_attention="full", eval_attentions=("full",), log_every=50)
+
+
+def trained_tokens(*, seed: int, batch: int, length: int, vocab_size: int) -> np.ndarray:
+    """Measurement seed ``seed``'s duplication batch, fed through the trained model."""
+    return make_batch("duplication", seed=seed, stream=APPROX_STREAM, index=0, batch=batch,
+                      length=length, vocab_size=vocab_size).tokens

@@ -15,6 +15,23 @@ from attnbench.tasks.checkpoint import Trained, checkpoint_path, load_trained, s
 from attnbench.tasks.config import TaskConfig
 
 
+def load_or_train(config: TaskConfig, *, framework: str,
+                  train: Callable[[TaskConfig], Trained],
+                  checkpoint_dir: str | Path | None) -> tuple[Trained, Path | None, bool]:
+    """(weights and curve, checkpoint path or None, whether they were loaded): the checkpoint
+    of ``config``'s training settings in ``checkpoint_dir`` if there is one, else a fresh
+    training run, saved there when a directory is given."""
+    if not isinstance(config, TaskConfig):
+        raise ValueError(f"config={config!r}: must be a TaskConfig")
+    path = None if checkpoint_dir is None else checkpoint_path(checkpoint_dir, config, framework)
+    if path is not None and path.exists():
+        return load_trained(path), path, True
+    trained = train(config)
+    if path is not None:
+        save_trained(path, config, framework, trained)
+    return trained, path, False
+
+
 def run_experiment(config: TaskConfig, *, framework: str,
                    train: Callable[[TaskConfig], Trained],
                    evaluate: Callable[[TaskConfig, dict, str], dict[str, float]],
@@ -27,17 +44,8 @@ def run_experiment(config: TaskConfig, *, framework: str,
     run that trained the weights, also when they were loaded), ``task_eval_wall_s``,
     ``task_steps``, ``task_checkpoint`` (path or None) and ``task_from_checkpoint``.
     """
-    if not isinstance(config, TaskConfig):
-        raise ValueError(f"config={config!r}: must be a TaskConfig")
-    path = None if checkpoint_dir is None else checkpoint_path(checkpoint_dir, config, framework)
-    loaded = path is not None and path.exists()
-    if loaded:
-        trained = load_trained(path)
-    else:
-        trained = train(config)
-        if path is not None:
-            save_trained(path, config, framework, trained)
-
+    trained, path, loaded = load_or_train(config, framework=framework, train=train,
+                                          checkpoint_dir=checkpoint_dir)
     start = time.perf_counter()
     results = {name: evaluate(config, trained.weights, name) for name in config.eval_attentions}
     if config.train_attention not in results:
