@@ -1,0 +1,111 @@
+"""``attnbench report RUN [RUN ...]``: index.html and results.csv for one or several runs.
+
+Each RUN is a run directory (``reports/runs/<run>``) or a pytest-benchmark JSON file
+(recognised by its content). Several runs are shown together (torch vs JAX, CPU vs GPU,
+before vs after), each series labelled with its run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from attnbench.report.sources import Source, SourceError, load_sources
+
+SECTIONS_ORDER = ("summary", "contracts", "largest-fit", "figures", "exponents", "failures",
+                  "cases", "environment")
+
+
+def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | None = None,
+                 attention_pattern: bool = True) -> Path:
+    """Write ``index.html`` and ``results.csv`` into ``out_dir``; returns the HTML path."""
+    try:
+        from attnbench.report import figures, html, pattern, tables
+        from attnbench.report.frame import tidy_frame, write_results_csv
+    except ImportError as exc:
+        raise ImportError(f"attnbench report needs pandas and seaborn ({exc.name} is "
+                          "missing): pip install 'attnbench[report]'") from None
+    sources = load_sources(list(inputs))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_results_csv(sources, out_dir / "results.csv")
+    frame = tidy_frame(sources)
+
+    figure_results = figures.render_all(frame)
+    if attention_pattern:
+        figure_results.append(_pattern_figure(figures, pattern))
+    table = {t.key: t for t in (tables.summary_table(frame), tables.contracts_table(sources),
+                                tables.largest_fit_table(frame), tables.exponents_table(frame),
+                                tables.failures_table(frame), tables.cases_table(frame),
+                                tables.runs_table(sources))}
+    sections, nav = [], []
+    for key in SECTIONS_ORDER:
+        if key == "figures":
+            for f in figure_results:
+                sections.append(html.render_figure(f))
+                nav.append((f.key, f.title))
+        else:
+            sections.append(html.render_table(table[key]))
+            nav.append((key, table[key].title))
+    title = title or "attnbench report: " + ", ".join(s.run_id for s in sources)
+    statuses = frame["status"].value_counts().to_dict() if len(frame) else {}
+    subtitle = (f"{len(sources)} run(s), {len(frame)} case(s) "
+                f"({', '.join(f'{n} {s}' for s, n in statuses.items()) or 'none finished'}); "
+                f"generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. "
+                "Data: results.csv beside this file.")
+    page = html.render_page(title, subtitle, tables.data_notes(sources, frame), sections, nav)
+    path = out_dir / "index.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _pattern_figure(figures, pattern):
+    def draw():
+        fig, caption = pattern.attention_pattern_figure()
+        draw.caption = caption
+        return fig
+
+    draw.caption = pattern.CAPTION
+    title = "Attention pattern: exact vs LSH (paper Figure 2)"
+    result = figures.render_one("attention-pattern", title, "", draw)
+    return figures.FigureResult(result.key, result.title, draw.caption, result.svg, result.note)
+
+
+def default_output(sources: list[Source]) -> Path:
+    """A single run directory gets its report beside its results; anything else a new folder
+    under ``reports/``."""
+    if len(sources) == 1 and sources[0].kind == "run":
+        return sources[0].path
+    return Path("reports") / f"report-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("Write index.html (self-contained: figures, tables, environment) and "
+                          "results.csv for one or several runs or pytest-benchmark JSON files.")
+    parser.add_argument("runs", nargs="+", metavar="RUN",
+                        help="run directory (reports/runs/<run>) or pytest-benchmark JSON file")
+    parser.add_argument("-o", "--output", metavar="DIR",
+                        help="output directory (default: the run's directory for one run, "
+                             "else reports/report-<time>)")
+    parser.add_argument("--title", help="page title (default: the run ids)")
+    parser.add_argument("--no-attention-pattern", action="store_true",
+                        help="leave out the attention-pattern figure (computed, not measured)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        sources = load_sources(args.runs)
+    except SourceError as exc:
+        print(f"attnbench report: {exc}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.output) if args.output else default_output(sources)
+    try:
+        path = build_report(args.runs, out_dir, title=args.title,
+                            attention_pattern=not args.no_attention_pattern)
+    except ImportError as exc:
+        print(f"attnbench report: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} and {path.parent / 'results.csv'}")
+    return 0
