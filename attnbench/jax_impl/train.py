@@ -11,6 +11,7 @@ was evaluated before it. Steps and evaluations are jitted with the spec closed o
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 import optax
 
 from attnbench.jax_impl.model import init_language_model, language_model
+from attnbench.spec import ModelSpec
 from attnbench.tasks.checkpoint import Trained, flatten_tree, unflatten_tree
 from attnbench.tasks.config import TaskConfig
 from attnbench.tasks.data import EVAL_STREAM, TRAIN_STREAM, Batch, make_batch
@@ -65,6 +67,31 @@ def masked_loss(logits, targets, mask):
     return jnp.sum(jnp.where(mask, losses, 0.0)) / count, correct, count
 
 
+@functools.lru_cache(maxsize=16)
+def _train_step(spec: ModelSpec, lr: float):
+    """(optimizer, jitted step) for ``spec``: cached, so a spec compiles once per process."""
+    optimizer = optax.adam(lr)
+
+    def loss_fn(p, tokens, targets, mask, step_key):
+        logits = language_model(p, tokens, spec=spec, key=step_key, train=True)
+        return masked_loss(logits, targets, mask)[0]
+
+    @jax.jit
+    def step_fn(p, state, tokens, targets, mask, step_key):
+        loss, grads = jax.value_and_grad(loss_fn)(p, tokens, targets, mask, step_key)
+        updates, state = optimizer.update(grads, state, p)
+        return optax.apply_updates(p, updates), state, loss
+
+    return optimizer, step_fn
+
+
+@functools.lru_cache(maxsize=16)
+def _eval_step(spec: ModelSpec):
+    """Jitted (loss, correct, count) of one batch under ``spec``, cached per spec."""
+    return jax.jit(lambda p, tokens, targets, mask, key: masked_loss(
+        language_model(p, tokens, spec=spec, key=key, train=False), targets, mask))
+
+
 def _arrays(batch: Batch):
     return tuple(jnp.asarray(a) for a in batch)
 
@@ -77,20 +104,10 @@ def train(config: TaskConfig, *, device: str = "cpu") -> Trained:
 
 
 def _train(config: TaskConfig) -> Trained:
-    params, apply = build_model(config, init_weights(config))
-    optimizer = optax.adam(config.lr)
+    params, _ = build_model(config, init_weights(config))
+    optimizer, step_fn = _train_step(config.model_spec(), config.lr)
     opt_state = optimizer.init(params)
     key = jax.random.fold_in(jax.random.key(config.seed), TRAIN_STREAM)
-
-    def loss_fn(p, tokens, targets, mask, step_key):
-        return masked_loss(apply(p, tokens, step_key, True), targets, mask)[0]
-
-    @jax.jit
-    def step_fn(p, state, tokens, targets, mask, step_key):
-        loss, grads = jax.value_and_grad(loss_fn)(p, tokens, targets, mask, step_key)
-        updates, state = optimizer.update(grads, state, p)
-        return optax.apply_updates(p, updates), state, loss
-
     curve, window = [], []
     start = time.perf_counter()
     for step in range(1, config.steps + 1):
@@ -114,9 +131,8 @@ def evaluate(config: TaskConfig, weights: dict[str, np.ndarray], attention: str,
 
 
 def _evaluate(config: TaskConfig, weights: dict[str, np.ndarray], attention: str):
-    params, apply = build_model(config, weights, attention)
-    eval_fn = jax.jit(lambda p, tokens, targets, mask, key: masked_loss(
-        apply(p, tokens, key, False), targets, mask))
+    params, _ = build_model(config, weights, attention)
+    eval_fn = _eval_step(config.model_spec(attention))
     key = jax.random.fold_in(jax.random.key(config.seed), _EVAL_SEED_STREAM)
     correct = count = 0
     loss_sum = 0.0

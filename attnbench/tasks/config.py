@@ -140,7 +140,7 @@ class TaskConfig:
     def preset(cls, name: str, **changes: object) -> TaskConfig:
         """A named preset (see :data:`PRESETS`) with ``changes`` applied."""
         if name not in PRESETS:
-            raise ValueError(f"preset={name!r}: must be one of {', '.join(PRESETS)}")
+            raise ValueError(f"preset={name!r}: must be one of {', '.join(sorted(PRESETS))}")
         return cls(**{**PRESETS[name], **changes})
 
 
