@@ -14,12 +14,9 @@ import pytest
 
 from attnbench.report import figures
 from tests.report.browser import Browser, find_chromium
+from tests.report.conftest import in_ci
 
 INSTALL_SCRIPT = Path(__file__).with_name("install_chromium.sh")
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="module")

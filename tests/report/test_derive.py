@@ -5,8 +5,9 @@ import pytest
 from attnbench.report import derive
 from attnbench.report.frame import tidy_frame
 from attnbench.report.sources import Source
+from tests.report.conftest import require_report_extra
 
-pytest.importorskip("pandas")
+require_report_extra()
 
 
 def frame_of(rows):

@@ -14,9 +14,9 @@ import pytest
 from attnbench.report import command, figures
 from attnbench.report.frame import LEADING_COLUMNS
 from attnbench.report.sources import load_source, load_sources
-from tests.report.conftest import DATA, GOLDEN_INPUTS
+from tests.report.conftest import DATA, GOLDEN_INPUTS, require_report_extra
 
-pytest.importorskip("seaborn", reason="the report needs the 'report' extra")
+require_report_extra()
 
 
 def golden_rows():
