@@ -1,34 +1,118 @@
 """The ``attnbench`` command.
 
-Subcommands (more arrive with the harness: run, report, compare, check, list, env):
-  layer-bench   time and memory of one attention layer, forward + backward, LSH vs full
+  run         run a suite (each case in a fresh process; resumable): attnbench run quickstart
+  list        the variants and the shipped suites
+  env         the environment a run would record (versions, CPU, GPU, commit), as JSON
+  export      a run's results as CSV
+  report      HTML + CSV report of one or more runs
+  compare     compare two runs case by case; non-zero exit on a regression
+  check       evaluate a run's same-run contracts; non-zero exit on a violation
+  layer-bench the one-layer benchmark of the foundation issue (superseded by run)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import sys
 from collections.abc import Sequence
 
 import attnbench
 
+# command -> (module, help); each module has add_arguments(parser) and run(args) -> int.
+COMMANDS = {
+    "run": ("attnbench.runner.command", "run a suite"),
+    "list": ("attnbench.cli", "list variants and shipped suites"),
+    "env": ("attnbench.cli", "print the environment as JSON"),
+    "export": ("attnbench.cli", "write a run's results as CSV"),
+    "report": ("attnbench.report.command", "HTML and CSV report of runs"),
+    "compare": ("attnbench.compare", "compare two runs"),
+    "check": ("attnbench.contracts", "check a run's same-run contracts"),
+}
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+
+def _list_arguments(p):
+    pass
+
+
+def _list(args) -> int:
+    from attnbench.runner.command import shipped_suites
+    from attnbench.variants import describe
+
+    print("variants:\n")
+    print(describe())
+    print("\nsuites (attnbench run NAME):\n")
+    for name, description in shipped_suites():
+        print(f"  {name:<18} {description}")
+    return 0
+
+
+def _env_arguments(p):
+    p.add_argument("--no-frameworks", action="store_true",
+                   help="skip the torch/jax probe (a subprocess importing both)")
+
+
+def _env(args) -> int:
+    from attnbench.measure.environment import capture
+
+    print(json.dumps(capture(probe_frameworks=not args.no_frameworks), indent=2))
+    return 0
+
+
+def _export_arguments(p):
+    p.add_argument("run_dir", help="a run directory (reports/runs/<run>)")
+    p.add_argument("--csv", required=True, help="output CSV path")
+
+
+def _export(args) -> int:
+    from attnbench.store import StoreError, write_csv
+
+    try:
+        n = write_csv(args.run_dir, args.csv)
+    except StoreError as exc:
+        print(f"attnbench export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{n} row(s) -> {args.csv}", file=sys.stderr)
+    return 0
+
+
+_LOCAL = {"list": (_list_arguments, _list), "env": (_env_arguments, _env),
+          "export": (_export_arguments, _export)}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=attnbench.__version__)
-    parser.add_argument("command", choices=["layer-bench"])
-    parser.add_argument("args", nargs=argparse.REMAINDER,
-                        help="options of the subcommand (see attnbench <command> --help)")
-    ns = parser.parse_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
-    rest = argv[1:]
-    if ns.command == "layer-bench":
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name in _LOCAL:
+            _LOCAL[name][0](p)
+        else:
+            try:
+                importlib.import_module(module).add_arguments(p)
+            except ImportError as exc:  # a subcommand still being built, or a missing extra
+                p.set_defaults(_unavailable=f"{name}: {exc}")
+    sub.add_parser("layer-bench", help="one-layer benchmark (see attnbench layer-bench -h)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["layer-bench"]:
         from attnbench import layer_bench
 
-        return layer_bench.main(rest)
-    parser.error(f"unknown command {ns.command!r}")  # pragma: no cover - argparse checks
-    return 2
+        return layer_bench.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if getattr(args, "_unavailable", None):
+        print(f"attnbench: error: {args._unavailable}", file=sys.stderr)
+        return 2
+    if args.command in _LOCAL:
+        return _LOCAL[args.command][1](args)
+    return importlib.import_module(COMMANDS[args.command][0]).run(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,100 @@
+"""The untimed modes: ``approx`` (LSH approximation quality) and ``task`` (train on a
+synthetic task, evaluate under several attention configurations). The worker calls
+:func:`measure`; the metrics go into the same store as time and memory.
+
+Options (the case's ``options`` table):
+
+- approx: ``inputs`` (random | clustered | trained; default random), ``n_clusters``
+  (default 8), ``n_seeds`` (default 5).
+- task: see :func:`task_config`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from attnbench.variants import Variant, attention_spec
+
+APPROX_OPTIONS = {"inputs": "random", "n_clusters": 8, "n_seeds": 5}
+
+
+def _framework_module(case, name: str):
+    import importlib
+
+    package = "attnbench.jax_impl" if case.framework == "jax" else "attnbench.torch_impl"
+    return importlib.import_module(f"{package}.{name}")
+
+
+def _options(case, defaults: dict) -> dict:
+    unknown = sorted(set(case.options) - set(defaults))
+    if unknown:
+        raise ValueError(f"options: unknown key(s) {unknown} for mode {case.mode!r} "
+                         f"(known: {', '.join(defaults)})")
+    return {**defaults, **case.options}
+
+
+def measure_approx(case, variant: Variant) -> dict:
+    if not variant.hashed or variant.kind != "layer":
+        raise ValueError(f"mode 'approx' needs the LSH layer variant, not {variant.name!r}")
+    opts = _options(case, APPROX_OPTIONS)
+    module = _framework_module(case, "approximation")
+    return module.measure_approximation(
+        attention=attention_spec(variant, case), d_model=case.d_model, length=case.length,
+        batch=case.batch, inputs=opts["inputs"], n_clusters=opts["n_clusters"],
+        n_seeds=opts["n_seeds"], seed=case.seed, device=case.device, dtype=case.dtype)
+
+
+def checkpoint_dir() -> Path | None:
+    """``<run dir>/checkpoints`` (the runner says where the run is), else None."""
+    run_dir = os.environ.get("ATTNBENCH_RUN_DIR")
+    return Path(run_dir) / "checkpoints" if run_dir else None
+
+
+TASK_OPTIONS = {"task": "duplication", "eval_attentions": ["full", "lsh-8", "lsh-4", "lsh-2",
+                                                          "lsh-1"],
+                "steps": 1000, "lr": 1e-3, "eval_batches": 4, "log_every": 50}
+
+
+def task_config(case, variant: Variant):
+    """The :class:`~attnbench.tasks.config.TaskConfig` of a ``task`` case.
+
+    The attention used in training comes from the variant: a shared-QK model trains with
+    ``full`` (exact shared-QK attention, the paper's "full" rows), an LSH model with
+    ``lsh-<n_hashes>``. Model sizes, batch, seed, ``chunk_len`` and ``n_buckets`` come from
+    the case; ``task``, ``eval_attentions``, ``steps``, ``lr``, ``eval_batches`` and
+    ``log_every`` from its options.
+    """
+    from attnbench.tasks.config import TaskConfig
+
+    if variant.attention == "lsh":
+        train_attention = f"lsh-{case.n_hashes}"
+    elif variant.attention == "shared_qk":
+        train_attention = "full"
+    else:
+        raise ValueError(f"mode 'task' needs shared-QK or LSH attention (so one set of weights "
+                         f"can be evaluated under both), not variant {variant.name!r}")
+    opts = _options(case, TASK_OPTIONS)
+    return TaskConfig(
+        task=opts["task"], vocab_size=case.vocab_size, length=case.length,
+        d_model=case.d_model, d_ff=case.d_ff, n_heads=case.n_heads, n_layers=case.depth,
+        train_attention=train_attention, eval_attentions=tuple(opts["eval_attentions"]),
+        steps=opts["steps"], batch=case.batch, lr=opts["lr"], seed=case.seed,
+        chunk_len=case.chunk_len, n_buckets=case.n_buckets, eval_batches=opts["eval_batches"],
+        log_every=opts["log_every"], reversible=variant.reversible)
+
+
+def measure_task(case, variant: Variant) -> dict:
+    config = task_config(case, variant)
+    module = _framework_module(case, "train")
+    metrics = module.run_task(config, checkpoint_dir=checkpoint_dir(), device=case.device)
+    metrics["task_train_attention"] = config.train_attention
+    return metrics
+
+
+def measure(case, variant: Variant) -> dict:
+    if case.mode == "approx":
+        return measure_approx(case, variant)
+    if case.mode == "task":
+        return measure_task(case, variant)
+    raise ValueError(f"mode={case.mode!r}: not an accuracy mode")

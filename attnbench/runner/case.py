@@ -1,0 +1,109 @@
+"""One point of a sweep: a frozen, self-describing record, and its stable id.
+
+A :class:`Case` carries everything a worker needs to build and measure one point and
+everything a reader needs to know what was measured. ``case_id`` hashes only the fields
+that define *what* is measured (variant, framework, device, dtype, mode, shapes, LSH
+settings, seed, mode options), not *how* (repeats, budgets, timeouts, the suite's name), so
+the same point in two runs or two suites has the same id and ``attnbench compare`` can
+pair them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+FRAMEWORKS = ("torch", "jax")
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "bfloat16", "float16")
+# forward: one forward pass without autograd (inference); forward-backward: the gradient of
+# the output's sum (layers) or of the LM loss (models); train-step: forward, backward and an
+# Adam update (models); approx: LSH approximation quality against exact shared-QK attention;
+# task: train on a synthetic task and evaluate under several attention configurations.
+MODES = ("forward", "forward-backward", "train-step", "approx", "task")
+TIMED_MODES = ("forward", "forward-backward", "train-step")
+
+# Fields that say how a case is measured, not what: left out of case_id.
+HOW_FIELDS = ("suite", "threads", "warmup", "min_repeats", "max_repeats", "target_rel_iqr",
+              "time_budget_s", "timeout_s", "memory_limit_mb")
+
+
+@dataclass(frozen=True)
+class Case:
+    # what
+    variant: str
+    framework: str
+    mode: str
+    length: int
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch: int = 1
+    d_model: int = 256
+    n_heads: int = 4
+    d_ff: int | None = None         # model variants only
+    depth: int = 1
+    vocab_size: int | None = None   # model variants only
+    causal: bool = False
+    n_hashes: int | None = None     # None: the variant does not hash
+    n_buckets: int | None = None    # resolved (``auto`` expanded) for hashing variants
+    chunk_len: int | None = None    # LSH chunk length; None for non-LSH variants
+    ff_chunk_len: int | None = None  # feed-forward chunk (model variants that chunk)
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # mode-specific settings
+    # how
+    suite: str = ""
+    threads: int | None = None      # CPU threads (torch.set_num_threads / JAX affinity)
+    warmup: int = 1
+    min_repeats: int = 3
+    max_repeats: int = 20
+    target_rel_iqr: float = 0.05    # stop repeating once IQR / median falls below this
+    time_budget_s: float = 10.0     # ... or once the timed repeats have used this much
+    timeout_s: float = 300.0
+    memory_limit_mb: int | None = None
+
+    @property
+    def case_id(self) -> str:
+        what = {k: v for k, v in dataclasses.asdict(self).items() if k not in HOW_FIELDS}
+        text = json.dumps(what, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.length
+
+    def series_key(self) -> str:
+        """Every field but ``length`` and ``batch``: the series an OOM cuts short."""
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if k not in HOW_FIELDS and k not in ("length", "batch")}
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
+    def label(self) -> str:
+        """A short human-readable name: ``lsh/torch fb L=4096 h=4``."""
+        mode = {"forward": "fwd", "forward-backward": "fb", "train-step": "train"}.get(
+            self.mode, self.mode)
+        parts = [f"{self.variant}/{self.framework}", mode, f"L={self.length}"]
+        if self.batch != 1:
+            parts.append(f"B={self.batch}")
+        if self.depth != 1:
+            parts.append(f"depth={self.depth}")
+        if self.n_hashes is not None:
+            parts.append(f"h={self.n_hashes}")
+        if self.device != "cpu":
+            parts.append(self.device)
+        if self.dtype != "float32":
+            parts.append(self.dtype)
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Case:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown case field(s) {unknown}")
+        return cls(**data)

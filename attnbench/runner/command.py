@@ -1,0 +1,167 @@
+"""``attnbench run SUITE``: expand a suite, run what is not done yet, write the CSV.
+
+The run directory (``--out``, default ``reports/runs/<suite>`` or
+``reports/runs/<suite>-<device>`` with ``--device``) holds the store; running the same
+command again resumes it. A directory holding a different version of the suite is refused
+(``--fresh`` moves it aside and starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from attnbench.runner.case import DEVICES, FRAMEWORKS
+from attnbench.runner.suite import Suite, SuiteError, filter_cases, load_suite
+from attnbench.store import RunStore, StoreError, write_csv
+
+SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
+
+
+def resolve_suite_path(ref: str) -> Path:
+    """A path, or the name of a shipped suite (``quickstart`` -> ``suites/quickstart.toml``)."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    for folder in (Path("suites"), SUITES_DIR):
+        candidate = folder / f"{ref}.toml"
+        if candidate.is_file():
+            return candidate
+    return path  # load_suite reports it missing, naming the path
+
+
+def shipped_suites() -> list[tuple[str, str]]:
+    """(name, description) of every suite in ``suites/``."""
+    out = []
+    for path in sorted(SUITES_DIR.glob("*.toml")):
+        try:
+            suite = load_suite(path)
+            out.append((path.stem, suite.description.strip().splitlines()[0]
+                        if suite.description.strip() else ""))
+        except SuiteError as exc:
+            out.append((path.stem, f"INVALID: {exc}"))
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", help="a suite file, or the name of a shipped suite (attnbench list)")
+    p.add_argument("--out", help="run directory (default: reports/runs/<suite>[-<device>])")
+    p.add_argument("--device", help="run every case on this device instead of the suite's "
+                   "(cpu, cuda, cuda:N)")
+    p.add_argument("--framework", action="append", choices=FRAMEWORKS,
+                   help="only this framework's cases (repeatable)")
+    p.add_argument("--filter", action="append", metavar="TEXT",
+                   help="only cases whose label contains TEXT, e.g. 'lsh/torch' or 'L=4096' "
+                   "(repeatable: all must match; see --dry-run for labels)")
+    p.add_argument("--memory-limit", type=int, metavar="MB",
+                   help="kill a case whose resident memory passes MB and record it as oom "
+                   "(overrides the suite's memory_limit_mb)")
+    p.add_argument("--timeout", type=float, metavar="S", help="per-case timeout in seconds "
+                   "(overrides the suite's timeout_s)")
+    p.add_argument("--dry-run", action="store_true", help="list the cases and exit")
+    p.add_argument("--fresh", action="store_true",
+                   help="move an existing run directory aside and start over")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cases(suite: Suite, args) -> tuple[list, list]:
+    import dataclasses
+
+    device = args.device
+    if device is not None and device.partition(":")[0] not in DEVICES:
+        raise SuiteError(f"--device {device!r}: must be cpu, cuda or cuda:N")
+    everything = filter_cases(suite.cases, devices=device)
+    overrides = {}
+    if args.memory_limit is not None:
+        overrides["memory_limit_mb"] = args.memory_limit
+    if args.timeout is not None:
+        overrides["timeout_s"] = args.timeout
+    if overrides:
+        everything = [dataclasses.replace(c, **overrides) for c in everything]
+    selected = filter_cases(everything, frameworks=args.framework, patterns=args.filter)
+    return everything, selected
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        suite = load_suite(resolve_suite_path(args.suite))
+        everything, selected = _cases(suite, args)
+    except SuiteError as exc:
+        print(f"attnbench run: error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for case in selected:
+            print(f"{case.case_id}  {case.label()}")
+        print(f"{len(selected)} case(s) of {len(everything)} in suite {suite.name!r}",
+              file=sys.stderr)
+        return 0
+    if not selected:
+        print("attnbench run: error: the filters select no case (try --dry-run)",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("reports/runs") / (
+        suite.name + (f"-{args.device.replace(':', '')}" if args.device else ""))
+    store = RunStore(out)
+    digest = _digest(everything)
+    try:
+        run_id = _open_run(store, suite, digest, args)
+    except StoreError as exc:
+        print(f"attnbench run: error: {exc}", file=sys.stderr)
+        return 2
+    from attnbench.runner.run import run_cases
+
+    print(f"run {run_id}: {len(selected)} case(s) -> {out}", file=sys.stderr)
+    try:
+        counts = run_cases(selected, store, run_id, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished cases are saved in {out}; run the same command again "
+              "to resume", file=sys.stderr)
+        return 130
+    n = write_csv(out, out / "results.csv")
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing new to run"
+    print(f"{summary}; {n} row(s) in {out / 'results.jsonl'} and {out / 'results.csv'}",
+          file=sys.stderr)
+    return 0
+
+
+def _digest(cases) -> str:
+    import hashlib
+    import json
+
+    ids = sorted(c.case_id for c in cases)
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:12]
+
+
+def _open_run(store: RunStore, suite: Suite, digest: str, args) -> str:
+    """Start the run, or resume it when it holds the same suite; returns the run id."""
+    if store.exists() and args.fresh:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        aside = store.path.with_name(f"{store.path.name}.old-{stamp}")
+        store.path.rename(aside)
+        print(f"moved the previous run to {aside}", file=sys.stderr)
+    if store.exists():
+        meta = store.read_meta()
+        if meta["suite"]["digest"] != digest:
+            raise StoreError(
+                f"{store.path} holds a run of a different version of suite "
+                f"{meta['suite']['name']!r} (case set {meta['suite']['digest']} != {digest}); "
+                "use --out for a new directory or --fresh to move the old run aside")
+        print(f"resuming run {meta['run_id']} ({len(store.done_ids())} case(s) done)",
+              file=sys.stderr)
+        return meta["run_id"]
+    from attnbench.measure.environment import capture
+
+    now = dt.datetime.now(dt.UTC)
+    run_id = f"{suite.name}-{now.strftime('%Y%m%d-%H%M%S')}"
+    store.create({
+        "run_id": run_id,
+        "started_at": now.isoformat(timespec="seconds"),
+        "argv": sys.argv,
+        "suite": {"name": suite.name, "description": suite.description, "path": suite.path,
+                  "digest": digest, "n_cases": len(suite.cases),
+                  "contracts": list(suite.contracts), "source": suite.source},
+        "environment": capture(),
+    })
+    return run_id

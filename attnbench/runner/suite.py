@@ -1,0 +1,310 @@
+"""Suites as data: parse and validate a TOML suite, then expand it into cases.
+
+A suite file (format and examples: ``suites/README.md``)::
+
+    name = "quickstart"
+    description = "..."
+    [defaults]            # any case field, for every sweep (a scalar or a list)
+    [[sweep]]             # one or more; each expands as the product of its axes
+    variant = ["lsh", "full-fused"]
+    length = [1024, 4096]
+    tokens_per_batch = 8192        # instead of batch: batch = tokens_per_batch / length
+    exclude = [{variant = "full-fused", length = 4096}]
+    [[exclude]]           # suite-wide exclusions
+    [[contract]]          # same-run ratio expectations, checked by ``attnbench check``
+
+Everything is validated before anything runs; an error names the file, the key and the rule.
+Axes that do not apply to a variant are dropped for it (full attention has no ``n_hashes``,
+a layer has no ``depth``), so a mixed sweep runs full attention once per length. A combination
+that cannot run (a mode the variant lacks, a length LSH cannot chunk) is an error, unless an
+``exclude`` removes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attnbench.runner.case import DEVICES, DTYPES, FRAMEWORKS, MODES, Case
+from attnbench.spec import default_n_buckets
+from attnbench.variants import VARIANTS
+
+CASE_FIELDS = {f.name: f for f in dataclasses.fields(Case)}
+AXES = tuple(name for name in CASE_FIELDS if name != "suite")
+SWEEP_KEYS = set(AXES) | {"name", "exclude", "tokens_per_batch"}
+TOP_KEYS = {"name", "description", "defaults", "sweep", "exclude", "contract"}
+CONTRACT_KEYS = {"name", "metric", "numerator", "denominator", "max_ratio", "min_ratio"}
+MODEL_DEFAULTS = {"d_ff": 1024, "vocab_size": 256}
+LSH_DEFAULTS = {"n_hashes": 1, "n_buckets": "auto", "chunk_len": 64}
+
+_INT_FIELDS = ("batch", "length", "d_model", "n_heads", "d_ff", "depth", "vocab_size",
+               "n_hashes", "chunk_len", "ff_chunk_len", "threads", "warmup", "min_repeats",
+               "max_repeats", "memory_limit_mb")
+_MINIMUM = {"warmup": 0, "seed": 0}
+
+
+class SuiteError(ValueError):
+    """A suite that cannot run; the message names the file, the key and the rule."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    path: str
+    cases: tuple[Case, ...]
+    contracts: tuple[dict, ...] = ()
+    source: dict = field(default_factory=dict)  # the parsed TOML, copied into meta.json
+
+    @property
+    def digest(self) -> str:
+        """Hash of the expanded cases: a resumed run must be the same suite."""
+        ids = sorted(c.case_id for c in self.cases)
+        return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:12]
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot read suite ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{path}: not valid TOML ({exc})") from None
+    return parse_suite(data, str(path))
+
+
+def parse_suite(data: dict, where: str = "<suite>") -> Suite:
+    def fail(key: str, rule: str) -> None:
+        raise SuiteError(f"{where}: {key}: {rule}")
+
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        fail(unknown[0], f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        fail("name", "required, a non-empty string")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        fail("description", "must be a string")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        fail("defaults", "must be a table")
+    _check_keys(defaults, set(AXES) | {"tokens_per_batch"}, "defaults", fail)
+    sweeps = data.get("sweep")
+    if not isinstance(sweeps, list) or not sweeps:
+        fail("sweep", "required: at least one [[sweep]] table")
+    global_excludes = _excludes(data.get("exclude", []), "exclude", fail)
+
+    cases: dict[str, Case] = {}
+    for i, sweep in enumerate(sweeps):
+        key = f"sweep[{i}]" + (f" ({sweep['name']})" if isinstance(sweep, dict)
+                               and isinstance(sweep.get("name"), str) else "")
+        if not isinstance(sweep, dict):
+            fail(key, "must be a table")
+        _check_keys(sweep, SWEEP_KEYS, key, fail)
+        excludes = global_excludes + _excludes(sweep.get("exclude", []), f"{key}.exclude", fail)
+        merged = {**defaults, **{k: v for k, v in sweep.items() if k not in ("name", "exclude")}}
+        for case in _expand(merged, excludes, key, name, fail):
+            cases.setdefault(case.case_id, case)
+    if not cases:
+        fail("sweep", "expands to no cases (everything excluded?)")
+    contracts = tuple(_contract(c, f"contract[{i}]", fail)
+                      for i, c in enumerate(data.get("contract", [])))
+    return Suite(name=name, description=description, path=where,
+                 cases=tuple(order_cases(cases.values())), contracts=contracts, source=data)
+
+
+def _check_keys(table: dict, allowed: set[str], key: str, fail) -> None:
+    for k in table:
+        if k not in allowed:
+            fail(f"{key}.{k}", "unknown key (allowed: case fields "
+                 f"{', '.join(AXES)}; and tokens_per_batch, exclude, name in a sweep)")
+
+
+def _excludes(value, key: str, fail) -> list[dict]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        fail(key, "must be a list of tables like {variant = \"full-naive\", length = 16384}")
+    for i, entry in enumerate(value):
+        for k in entry:
+            if k not in AXES:
+                fail(f"{key}[{i}].{k}", f"unknown case field (known: {', '.join(AXES)})")
+    return list(value)
+
+
+def _axis(values: dict, name: str) -> list:
+    value = values.get(name)
+    if name == "options":
+        if value is None:
+            return [{}]
+        return list(value) if isinstance(value, list) else [value]
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+def _expand(values: dict, excludes: list[dict], key: str, suite: str, fail) -> Iterable[Case]:
+    if "batch" in values and "tokens_per_batch" in values:
+        fail(f"{key}.tokens_per_batch", "give either batch or tokens_per_batch, not both")
+    for axis in ("variant", "framework", "mode", "length"):
+        if values.get(axis) in (None, []):
+            fail(f"{key}.{axis}", "required (in the sweep or in [defaults])")
+    axes = [a for a in AXES if a in values] + (["tokens_per_batch"]
+                                               if "tokens_per_batch" in values else [])
+    for axis in axes:
+        if isinstance(values[axis], list) and not values[axis]:
+            fail(f"{key}.{axis}", "an empty list expands to nothing")
+    for combo in itertools.product(*(_axis(values, a) for a in axes)):
+        point = dict(zip(axes, combo, strict=True))
+        if any(all(point.get(k) == v for k, v in ex.items()) for ex in excludes):
+            continue
+        case = _make_case(point, key, suite, fail)
+        if any(all(getattr(case, k) == v for k, v in ex.items()) for ex in excludes):
+            continue
+        yield case
+
+
+def _make_case(point: dict, key: str, suite: str, fail) -> Case:
+    def bad(name: str, rule: str) -> None:
+        fail(f"{key}.{name}", f"{point.get(name)!r} {rule}")
+
+    variant_name = point["variant"]
+    if variant_name not in VARIANTS:
+        bad("variant", f"is not a variant (known: {', '.join(VARIANTS)}; see attnbench list)")
+    variant = VARIANTS[variant_name]
+    for name, choices in (("framework", FRAMEWORKS), ("mode", MODES), ("dtype", DTYPES)):
+        if name in point and point[name] not in choices:
+            bad(name, f"must be one of {', '.join(choices)}")
+    device = point.get("device", "cpu")
+    if not isinstance(device, str) or device.partition(":")[0] not in DEVICES or (
+            device.partition(":")[2] and not device.partition(":")[2].isdigit()):
+        bad("device", "must be cpu, cuda or cuda:N")
+    if point["framework"] not in variant.frameworks:
+        bad("framework", f"is not available for variant {variant_name!r} "
+            f"(it has {', '.join(variant.frameworks)})")
+    if point["mode"] not in variant.modes:
+        bad("mode", f"is not a mode of {variant.kind} variant {variant_name!r} "
+            f"(its modes: {', '.join(variant.modes)}; or exclude the combination)")
+    for name in _INT_FIELDS + ("tokens_per_batch",):
+        value = point.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < _MINIMUM.get(name, 1)):
+            bad(name, f"must be an integer >= {_MINIMUM.get(name, 1)}")
+    for name in ("target_rel_iqr", "time_budget_s", "timeout_s"):
+        value = point.get(name)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)
+                                  or value <= 0):
+            bad(name, "must be a positive number")
+    if "causal" in point and not isinstance(point["causal"], bool):
+        bad("causal", "must be true or false")
+    if "options" in point and not isinstance(point["options"], dict):
+        bad("options", "must be a table (or a list of tables, one per value)")
+
+    fields = {k: v for k, v in point.items() if k != "tokens_per_batch"}
+    fields["suite"] = suite
+    if "tokens_per_batch" in point:
+        tpb, length = point["tokens_per_batch"], point["length"]
+        if tpb % length:
+            bad("tokens_per_batch", f"is not a multiple of length={length}")
+        fields["batch"] = tpb // length
+    # Drop what does not apply to this variant; fill in what does.
+    # A task case keeps chunk_len and n_buckets whatever it trains with: it is also
+    # evaluated under LSH.
+    if variant.hashed or (fields["mode"] == "task" and variant.attention == "shared_qk"):
+        for name, default in LSH_DEFAULTS.items():
+            if fields.get(name) is None:
+                fields[name] = default
+        if fields["length"] % fields["chunk_len"]:
+            bad("length", f"must be a multiple of chunk_len={fields['chunk_len']} for LSH")
+        if fields["n_buckets"] == "auto":
+            fields["n_buckets"] = default_n_buckets(fields["length"], fields["chunk_len"])
+        elif (not isinstance(fields["n_buckets"], int) or fields["n_buckets"] < 2
+              or fields["n_buckets"] % 2):
+            bad("n_buckets", "must be \"auto\" or an even integer >= 2")
+        if not variant.hashed:
+            fields["n_hashes"] = None
+    else:
+        for name in LSH_DEFAULTS:
+            fields[name] = None
+    if variant.kind == "model":
+        for name, default in MODEL_DEFAULTS.items():
+            if fields.get(name) is None:
+                fields[name] = default
+        if variant.chunked_ff:
+            fields["ff_chunk_len"] = fields.get("ff_chunk_len") or 64
+        else:
+            fields["ff_chunk_len"] = None
+    else:
+        fields.update(depth=1, d_ff=None, vocab_size=None, ff_chunk_len=None)
+    d_model = fields.get("d_model", CASE_FIELDS["d_model"].default)
+    n_heads = fields.get("n_heads", CASE_FIELDS["n_heads"].default)
+    if d_model % n_heads:
+        bad("d_model", f"is not divisible by n_heads={n_heads}")
+    min_r = fields.get("min_repeats", CASE_FIELDS["min_repeats"].default)
+    if fields.get("max_repeats", CASE_FIELDS["max_repeats"].default) < min_r:
+        bad("max_repeats", f"must be >= min_repeats={min_r}")
+    return Case(**fields)
+
+
+def _contract(entry, key: str, fail) -> dict:
+    if not isinstance(entry, dict):
+        fail(key, "must be a table")
+    for k in entry:
+        if k not in CONTRACT_KEYS:
+            fail(f"{key}.{k}", f"unknown key (allowed: {', '.join(sorted(CONTRACT_KEYS))})")
+    if not isinstance(entry.get("name"), str):
+        fail(f"{key}.name", "required, a string")
+    if not isinstance(entry.get("metric"), str):
+        fail(f"{key}.metric", "required, a metric name such as time_median_s or mem_peak_mb")
+    for side in ("numerator", "denominator"):
+        selector = entry.get(side)
+        if not isinstance(selector, dict) or not selector:
+            fail(f"{key}.{side}", "required, a table of case fields selecting one result")
+        for k in selector:
+            if k not in AXES:
+                fail(f"{key}.{side}.{k}", f"unknown case field (known: {', '.join(AXES)})")
+    bounds = [b for b in ("max_ratio", "min_ratio") if b in entry]
+    if not bounds:
+        fail(key, "needs max_ratio and/or min_ratio")
+    for b in bounds:
+        v = entry[b]
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+            fail(f"{key}.{b}", f"{v!r} must be a positive number")
+    return dict(entry)
+
+
+def order_cases(cases: Iterable[Case]) -> list[Case]:
+    """Series in the order they first appear; within a series, cheapest first (fewest tokens,
+    then shortest), so an out-of-memory length stops the longer ones before they start."""
+    series: dict[str, list[Case]] = {}
+    for case in cases:
+        series.setdefault(case.series_key(), []).append(case)
+    ordered = []
+    for members in series.values():
+        ordered.extend(sorted(members, key=lambda c: (c.length, c.tokens)))
+    return ordered
+
+
+def filter_cases(cases: Iterable[Case], *, frameworks=None, devices=None,
+                 patterns=None) -> list[Case]:
+    """Cases of the given frameworks; ``devices`` replaces each case's device; ``patterns``
+    keep cases whose label contains every one of them (``--filter lsh --filter L=4096``)."""
+    out = []
+    for case in cases:
+        if frameworks and case.framework not in frameworks:
+            continue
+        if devices:
+            case = dataclasses.replace(case, device=devices)
+        if patterns and not all(p in case.label() for p in patterns):
+            continue
+        out.append(case)
+    return out

@@ -1,0 +1,114 @@
+"""The worker: measures one case in this (fresh) process and prints one JSON result.
+
+Started by the runner as ``python -m attnbench.runner.worker`` with the case as JSON on
+stdin. The last line of stdout is ``{"status": ..., "error": ..., "metrics": {...}}``;
+anything the libraries print comes before it. Every failure the worker can see becomes a
+status (``oom`` for CUDA, XLA and CPU allocator out-of-memory errors, ``error`` for the rest);
+failures it cannot see (killed by the kernel, a hang) are the runner's to record.
+
+Only the framework the case names is imported (a JAX case never imports torch, and vice
+versa). On the CPU the thread count is fixed before the framework is imported: torch by
+``set_num_threads``, JAX (which sizes its pool from the CPUs it may use) by restricting this
+process's CPU affinity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+from attnbench.measure.memory import is_oom
+from attnbench.runner.case import TIMED_MODES, Case
+from attnbench.variants import get_variant
+
+ERROR_TEXT_LIMIT = 2000
+
+
+def _limit_cpu_threads(threads: int | None) -> None:
+    if not threads or not hasattr(os, "sched_setaffinity"):
+        return
+    allowed = sorted(os.sched_getaffinity(0))
+    if threads < len(allowed):
+        os.sched_setaffinity(0, allowed[:threads])
+
+
+def measure_timed(case: Case) -> dict:
+    """Build (untimed), warm up (timed apart), time adaptively, read memory; the metrics."""
+    from attnbench.measure import work
+    from attnbench.measure.timing import TimingPolicy, time_repeats, time_warmup
+
+    variant = get_variant(case.variant)
+    if case.framework == "jax":
+        from attnbench.jax_impl.bench import make_step
+    else:
+        from attnbench.torch_impl.bench import make_step
+    t0 = time.perf_counter()
+    step = make_step(case, variant)
+    setup_s = time.perf_counter() - t0
+    policy = TimingPolicy(case.warmup, case.min_repeats, case.max_repeats, case.target_rel_iqr,
+                          case.time_budget_s)
+    step.memory.start()
+    warmup_s = time_warmup(step.run, case.warmup)
+    step.memory.after_warmup()
+    metrics = time_repeats(step.run, policy)
+    metrics.update(step.memory.result())
+    metrics.update(step.info)
+    metrics["setup_s"] = setup_s
+    metrics["warmup_s"] = warmup_s
+    model = variant.kind == "model"
+    flops, formula = work.flops(case, variant.attention, model, variant.reversible)
+    median = metrics["time_median_s"]
+    metrics.update(
+        tokens_per_s=case.tokens / median if median > 0 else None,
+        time_per_token_s=median / case.tokens,
+        flops=flops,
+        flop_formula=formula,
+        flop_per_s=flops / median if median > 0 else None,
+        mem_analytic_mb=work.analytic_memory_mb(case, variant.attention, model,
+                                                variant.reversible, variant.chunked_ff),
+    )
+    if case.device.startswith("cuda"):
+        from attnbench.measure import nvml
+
+        metrics.update(nvml.sample(int(case.device.partition(":")[2] or 0)))
+    return metrics
+
+
+def measure(case: Case) -> dict:
+    """The metrics of ``case`` (raises on failure)."""
+    variant = get_variant(case.variant)
+    if case.framework not in variant.frameworks:
+        raise ValueError(f"variant {case.variant!r} has no {case.framework} implementation")
+    if case.mode in TIMED_MODES:
+        return measure_timed(case)
+    from attnbench.runner import accuracy_modes
+
+    return accuracy_modes.measure(case, variant)
+
+
+def main() -> int:
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    try:
+        case = Case.from_dict(json.loads(sys.stdin.read()))
+        if case.device == "cpu":
+            _limit_cpu_threads(case.threads)
+        if case.memory_limit_mb:
+            os.environ["ATTNBENCH_MEMORY_LIMIT_MB"] = str(case.memory_limit_mb)
+        result = {"status": "ok", "error": None, "metrics": measure(case)}
+    except BaseException as exc:  # noqa: BLE001 - every failure must become a result
+        text = "".join(traceback.format_exception_only(exc)).strip()
+        if not isinstance(exc, ValueError | KeyError | MemoryError):
+            tb = traceback.format_exc().strip().splitlines()
+            text += "\n" + "\n".join(tb[-6:])
+        result = {"status": "oom" if is_oom(exc) else "error",
+                  "error": text[-ERROR_TEXT_LIMIT:], "metrics": {}}
+    sys.stdout.flush()
+    print("\n" + json.dumps(result, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

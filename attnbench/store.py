@@ -1,0 +1,176 @@
+"""The results store: one directory per run, append-only and schema-versioned.
+
+Layout of a run directory (``reports/runs/<run>/`` by default)::
+
+    meta.json       written once when the run starts: schema version, run id, the suite as
+                    parsed (a copy, so the run says what it asked for), the environment
+                    (:mod:`attnbench.measure.environment`), the command line.
+    results.jsonl   one JSON object per finished case, appended (flushed and fsynced) the
+                    moment the case ends. A run that is killed keeps every line written;
+                    a line cut off by the kill is ignored on reading and the case re-runs.
+
+A result row (one line of ``results.jsonl``)::
+
+    {
+      "schema": 1,
+      "run_id": "quickstart-20261128-011900",
+      "case_id": "3f2a9c01d4e7",        # stable hash of the case's measured fields
+      "case": {...},                   # the whole case (attnbench.runner.case.Case), so a
+                                       # row read on its own says what was measured
+      "status": "ok",                  # ok | oom | timeout | error | skipped
+      "error": null,                   # the error text for every other status
+      "metrics": {...},                # see below; {} when nothing was measured
+      "started_at": "2026-11-28T01:19:00+00:00",
+      "wall_s": 3.2                    # the case's wall time in the runner, process start
+                                       # to result (harness overhead included)
+    }
+
+Metric names carry their unit: ``_s`` seconds, ``_mb`` MiB (2**20 bytes), ``_per_s`` rates.
+Time (modes forward / forward-backward / train-step): ``time_median_s``, ``time_iqr_s``,
+``time_rel_iqr``, ``time_samples_s`` (every timed repeat), ``time_repeats``, ``warmup_s``
+(the first, untimed calls: compile and autotune included), ``compile_s`` and ``lower_s`` (JAX
+ahead-of-time compile, timed apart). Work: ``tokens_per_s``, ``flops`` (per step, from the
+variant's stated formula, ``flop_formula``), ``flop_per_s``. Memory: ``mem_peak_mb`` (peak
+above the baseline just before the first step), ``mem_baseline_mb``, ``mem_method``,
+``mem_analytic_mb`` (the paper's complexity-table estimate), ``xla_temp_mb`` /
+``xla_argument_mb`` / ``xla_output_mb`` (JAX's compiled memory analysis), ``nvml_*`` (GPU
+device state). Worker facts: ``platform``, ``device_name``, ``threads``. Accuracy modes add
+their own metrics (``approx_*``, ``task_*``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "oom", "timeout", "error", "skipped")
+META_FILE = "meta.json"
+RESULTS_FILE = "results.jsonl"
+
+
+class StoreError(RuntimeError):
+    """A run directory that cannot be read or resumed."""
+
+
+class RunStore:
+    """One run directory: ``meta.json`` plus the append-only ``results.jsonl``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / META_FILE
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / RESULTS_FILE
+
+    def exists(self) -> bool:
+        return self.meta_path.is_file()
+
+    def create(self, meta: dict[str, Any]) -> None:
+        """Start a run: write ``meta.json`` (atomically) and an empty ``results.jsonl``."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        meta = {"schema": SCHEMA_VERSION, **meta}
+        tmp = self.meta_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, self.meta_path)
+        self.results_path.touch()
+
+    def read_meta(self) -> dict[str, Any]:
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except FileNotFoundError:
+            raise StoreError(f"{self.path}: not a run directory (no {META_FILE})") from None
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{self.meta_path}: not valid JSON ({exc})") from None
+        if meta.get("schema") != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.meta_path}: schema {meta.get('schema')!r}, this attnbench reads "
+                f"schema {SCHEMA_VERSION}")
+        return meta
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one result row and make it durable before returning."""
+        if row.get("status") not in STATUSES:
+            raise ValueError(f"status={row.get('status')!r}: must be one of {STATUSES}")
+        line = json.dumps({"schema": SCHEMA_VERSION, **row}, default=str)
+        with open(self.results_path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every complete row; a trailing line cut off by a kill is skipped."""
+        if not self.results_path.is_file():
+            return
+        with open(self.results_path, encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # the last write was interrupted: that case runs again
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+
+    def repair(self) -> None:
+        """Drop a trailing partial line so the next append starts on a fresh line."""
+        if not self.results_path.is_file():
+            return
+        data = self.results_path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data[: data.rfind(b"\n") + 1]
+            with open(self.results_path, "wb") as f:
+                f.write(keep)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def done_ids(self) -> set[str]:
+        return {row["case_id"] for row in self.rows()}
+
+
+def flatten(row: dict[str, Any]) -> dict[str, Any]:
+    """One tidy record: case fields, then status/error, then metrics, all top-level.
+
+    List-valued metrics (``time_samples_s``) are kept as lists; CSV writers serialise them.
+    """
+    flat: dict[str, Any] = {"run_id": row.get("run_id"), "case_id": row.get("case_id")}
+    flat.update(row.get("case", {}))
+    flat["status"] = row.get("status")
+    flat["error"] = row.get("error")
+    flat["wall_s"] = row.get("wall_s")
+    flat.update(row.get("metrics", {}))
+    return flat
+
+
+def load_frame(*run_dirs: str | os.PathLike):
+    """The rows of one or several runs as a pandas DataFrame (one row per case and run)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("reading runs as tables needs pandas: pip install 'attnbench[report]'") \
+            from None
+    records = [flatten(row) for d in run_dirs for row in RunStore(d).rows()]
+    return pd.DataFrame.from_records(records)
+
+
+def write_csv(run_dir: str | os.PathLike, path: str | os.PathLike) -> int:
+    """Export a run's rows as CSV (lists as JSON text); returns the row count."""
+    import csv
+
+    rows = [flatten(r) for r in RunStore(run_dir).rows()]
+    columns: list[str] = []
+    for r in rows:
+        columns.extend(k for k in r if k not in columns)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v
+                             for k, v in r.items()})
+    return len(rows)

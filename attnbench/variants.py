@@ -1,0 +1,121 @@
+"""The variant registry: every name a suite can ask for, what it is, where it exists.
+
+A *layer* variant is one self-attention layer on a float input ``[batch, length, d_model]``;
+a *model* variant is a whole language model (embedding, ``depth`` blocks, head) on tokens.
+The model variants are the Reformer, the Transformer and the ablations between them: each
+of the Reformer's three parts (LSH attention, reversible stack, chunked feed-forward) on its
+own and in pairs, so a sweep can say what each part buys.
+
+``attention_spec`` and ``model_spec`` turn a variant plus a :class:`~attnbench.runner.case.Case`
+into the frozen specs both frameworks build from, so torch and JAX measure the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attnbench.spec import AttentionSpec, FeedForwardSpec, ModelSpec
+
+LAYER_MODES = ("forward", "forward-backward", "approx")
+MODEL_MODES = ("forward", "forward-backward", "train-step", "task")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    summary: str
+    kind: str                 # "layer" or "model"
+    attention: str            # AttentionSpec.kind: full | shared_qk | lsh
+    impl: str = "naive"       # full attention: naive | fused
+    reversible: bool = False  # model variants
+    chunked_ff: bool = False  # model variants
+    frameworks: tuple[str, ...] = ("torch", "jax")
+
+    @property
+    def hashed(self) -> bool:
+        return self.attention == "lsh"
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        if self.kind == "layer":
+            return LAYER_MODES if self.hashed else ("forward", "forward-backward")
+        return MODEL_MODES
+
+
+def _layer(name, summary, attention, impl="naive"):
+    return Variant(name, summary, "layer", attention, impl)
+
+
+def _model(name, summary, attention, reversible, chunked_ff, impl="fused"):
+    return Variant(name, summary, "model", attention, impl if attention == "full" else "naive",
+                   reversible, chunked_ff)
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    _layer("full-naive", "full attention layer, L x L matrix materialised", "full"),
+    _layer("full-fused", "full attention layer, the framework's fused kernel "
+           "(torch SDPA; JAX dot_product_attention)", "full", "fused"),
+    _layer("full-shared-qk", "exact attention with the Reformer's shared, normalised keys",
+           "shared_qk"),
+    _layer("lsh", "LSH attention layer (the Reformer's)", "lsh"),
+    _model("transformer", "Transformer LM: full fused attention, plain residual stack, "
+           "unchunked feed-forward", "full", False, False),
+    _model("transformer-shared-qk", "Transformer LM with shared-QK attention", "shared_qk",
+           False, False),
+    _model("transformer-reversible", "Transformer LM with a reversible stack", "full",
+           True, False),
+    _model("transformer-chunked-ff", "Transformer LM with a chunked feed-forward", "full",
+           False, True),
+    _model("reversible-chunked-transformer", "full attention, reversible stack, chunked "
+           "feed-forward (the paper's 'chunked reversible Transformer')", "full", True, True),
+    _model("lsh-transformer", "Transformer LM with LSH attention only (plain stack, "
+           "unchunked feed-forward)", "lsh", False, False),
+    _model("reformer-no-reversible", "LSH attention and chunked feed-forward, plain stack",
+           "lsh", False, True),
+    _model("reformer-no-chunked-ff", "LSH attention and a reversible stack, unchunked "
+           "feed-forward", "lsh", True, False),
+    _model("reformer", "the Reformer: LSH attention, reversible stack, chunked feed-forward",
+           "lsh", True, True),
+)}
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise KeyError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}") from None
+
+
+def attention_spec(variant: Variant, case) -> AttentionSpec:
+    """The attention layer of ``variant`` at ``case``'s settings."""
+    if variant.hashed:
+        return AttentionSpec(kind="lsh", n_heads=case.n_heads, causal=case.causal,
+                             n_hashes=case.n_hashes, n_buckets=case.n_buckets,
+                             chunk_len=case.chunk_len)
+    return AttentionSpec(kind=variant.attention, n_heads=case.n_heads, causal=case.causal,
+                         impl=variant.impl)
+
+
+def model_spec(variant: Variant, case) -> ModelSpec:
+    """The language model of a model ``variant`` at ``case``'s settings."""
+    if variant.kind != "model":
+        raise ValueError(f"variant {variant.name!r} is a {variant.kind}, not a model")
+    return ModelSpec(
+        vocab_size=case.vocab_size, d_model=case.d_model, n_layers=case.depth,
+        max_len=case.length, attention=attention_spec(variant, case),
+        feed_forward=FeedForwardSpec(d_ff=case.d_ff,
+                                     chunk_len=case.ff_chunk_len if variant.chunked_ff else None),
+        reversible=variant.reversible, positions="learned")
+
+
+def describe() -> str:
+    """The registry as a table for ``attnbench list``."""
+    rows = [("name", "kind", "frameworks", "modes", "what")]
+    for v in VARIANTS.values():
+        rows.append((v.name, v.kind, ",".join(v.frameworks), ",".join(v.modes), v.summary))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True))
+                     + "  " + r[4])
+    return "\n".join(lines)
