@@ -88,8 +88,8 @@ def largest_fit(frame):
     frame = length_series(frame)
     records = []
     if not len(frame):
-        return pd.DataFrame(columns=["mode", "series", "setup", "largest ok length",
-                                     "first failure", "failure status"])
+        return pd.DataFrame(columns=["run_id", "variant", "framework", "mode", "series", "setup",
+                                     "largest ok length", "first failure", "failure status"])
     for _, group in frame.groupby("series_key", sort=False):
         first = group.iloc[0]
         ok = group[group["status"] == "ok"]
@@ -98,7 +98,9 @@ def largest_fit(frame):
                        & ((largest is None) | (group["length"] > (largest or 0)))]
         failed = failed.sort_values("length")
         records.append({
-            "mode": first["mode"], "series": first["series"], "setup": first["setup"],
+            "run_id": first["run_id"], "variant": first["variant"],
+            "framework": first["framework"], "mode": first["mode"], "series": first["series"],
+            "setup": first["setup"],
             "largest ok length": None if largest is None else int(largest),
             "first failure": None if not len(failed) else int(failed["length"].iloc[0]),
             "failure status": None if not len(failed) else failed["status"].iloc[0]})

@@ -93,9 +93,9 @@ def summary_table(frame) -> Table:
             mem = at_longest["mem_peak_mb"].min() if "mem_peak_mb" in frame.columns \
                 and len(at_longest) else None
             lengths = sorted({int(n) for n in group["length"].dropna()})
-            cut = fits[(fits["mode"] == key[3]) & fits["failure status"].notna()
-                       & fits["setup"].str.startswith(str(key[2]))
-                       & fits["series"].str.startswith(str(key[1]))] if len(fits) else fits
+            cut = fits[(fits["run_id"] == key[0]) & (fits["variant"] == key[1])
+                       & (fits["framework"] == key[2]) & (fits["mode"] == key[3])
+                       & fits["failure status"].notna()] if len(fits) else fits
             first_failure = ", ".join(f"{s} at {int(n)}" for s, n in
                                       zip(cut["failure status"], cut["first failure"],
                                           strict=True)) if len(cut) else "-"

@@ -84,7 +84,7 @@ def test_tables_show_failures_contracts_and_environment(golden_report):
     assert "LSH-1 fwd+bwd at 4096 &lt;= 0.5x full" in page
     assert "2bec1f8" in page and "torch 2.13.0" in page and "jax 0.7.2" in page
     assert "Run golden-empty has no results" in page
-    assert "full-fused (fits &lt;= 4096; oom at 8192)" not in page  # only inside the figure
+    assert "<td>oom at 8192</td>" in page and "<td>timeout at 4096</td>" in page  # summary
     assert re.search(r"<td>full-naive</td><td>torch \[golden-torch-cpu\]</td><td>2048</td>"
                      r"<td>4096</td><td>timeout</td>", page)
 
