@@ -232,10 +232,11 @@ def collision_rate(a: np.ndarray, b: np.ndarray, *, n_buckets: int, n_rounds: in
                    seed: int) -> np.ndarray:
     """Per pair [N]: the share of ``n_rounds`` random rotations that hash ``a[i]`` and ``b[i]``
     ([N, d] each) to the same bucket; for 2 buckets it estimates ``1 - angle / pi``."""
-    pairs = jnp.asarray(np.stack([a, b], axis=1), jnp.float32)[None]  # (1, N, 2, d) = B H L d
-    rotations = jnp.asarray(np.stack([approx_inputs.rotations(
-        seed=seed, n_heads=1, d_head=a.shape[1], n_hashes=n_rounds, n_buckets=n_buckets)[0]]
-        * a.shape[0]))  # (N, d, n_rounds, n_buckets // 2): the same rotations for every pair
-    buckets = jax.jit(hash_vectors)(pairs, rotations)  # (1, N, n_rounds, 2)
-    return np.asarray(jnp.mean((buckets[..., 0] == buckets[..., 1]).astype(jnp.float32), -1)[0],
-                      np.float64)
+    rounds = approx_inputs.rotations(seed=seed, n_heads=1, d_head=a.shape[1], n_hashes=n_rounds,
+                                     n_buckets=n_buckets)[0]  # (d, n_rounds, n_buckets // 2)
+    # One round per "head" (a single matmul): every head holds all pairs, interleaved a, b.
+    pairs = jnp.asarray(np.stack([a, b], axis=1).reshape(-1, a.shape[1]), jnp.float32)
+    qk = jnp.broadcast_to(pairs, (1, n_rounds, *pairs.shape))  # (1, n_rounds, 2N, d)
+    rotations = jnp.asarray(rounds).transpose(1, 0, 2)[:, :, None]  # (n_rounds, d, 1, nb/2)
+    buckets = jax.jit(hash_vectors)(qk, rotations)[0, :, 0].reshape(n_rounds, -1, 2)
+    return np.mean(np.asarray(buckets[..., 0] == buckets[..., 1], np.float64), 0)

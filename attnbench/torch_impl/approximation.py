@@ -217,9 +217,11 @@ def collision_rate(a: np.ndarray, b: np.ndarray, *, n_buckets: int, n_rounds: in
                    seed: int) -> np.ndarray:
     """Per pair [N]: the share of ``n_rounds`` random rotations that hash ``a[i]`` and ``b[i]``
     ([N, d] each) to the same bucket; for 2 buckets it estimates ``1 - angle / pi``."""
-    pairs = torch.from_numpy(np.stack([a, b], axis=1)).float()[None]  # (1, N, 2, d) = B H L d
-    rotations = torch.from_numpy(np.stack([approx_inputs.rotations(
-        seed=seed, n_heads=1, d_head=a.shape[1], n_hashes=n_rounds, n_buckets=n_buckets)[0]]
-        * a.shape[0]))  # (N, d, n_rounds, n_buckets // 2): the same rotations for every pair
-    buckets = hash_vectors(pairs, rotations)  # (1, N, n_rounds, 2)
-    return (buckets[..., 0] == buckets[..., 1]).double().mean(-1)[0].numpy()
+    rounds = approx_inputs.rotations(seed=seed, n_heads=1, d_head=a.shape[1], n_hashes=n_rounds,
+                                     n_buckets=n_buckets)[0]  # (d, n_rounds, n_buckets // 2)
+    # One round per "head" (a single matmul): every head holds all pairs, interleaved a, b.
+    pairs = torch.from_numpy(np.stack([a, b], axis=1).reshape(-1, a.shape[1])).float()
+    qk = pairs.expand(1, n_rounds, *pairs.shape)  # (1, n_rounds, 2N, d)
+    rotations = torch.from_numpy(rounds).permute(1, 0, 2)[:, :, None]  # (n_rounds, d, 1, nb/2)
+    buckets = hash_vectors(qk, rotations)[0, :, 0].view(n_rounds, -1, 2)  # (n_rounds, N, 2)
+    return (buckets[..., 0] == buckets[..., 1]).double().mean(0).numpy()
