@@ -34,7 +34,8 @@ variant's stated formula, ``flop_formula``), ``flop_per_s``. Memory: ``mem_peak_
 above the baseline just before the first step), ``mem_baseline_mb``, ``mem_method``,
 ``mem_analytic_mb`` (the paper's complexity-table estimate), ``xla_temp_mb`` /
 ``xla_argument_mb`` / ``xla_output_mb`` (JAX's compiled memory analysis), ``nvml_*`` (GPU
-device state). Worker facts: ``platform``, ``device_name``, ``threads``. Accuracy modes add
+device state). Worker facts: ``platform``, ``device_name``, ``threads_used`` (the threads
+the framework ran with). Accuracy modes add
 their own metrics (``approx_*``, ``task_*``).
 """
 

@@ -148,7 +148,7 @@ def make_step(case, variant: Variant) -> Step:
     info = {
         "platform": device.platform,
         "device_name": device.device_kind,
-        "threads": len(os.sched_getaffinity(0)) if device.platform == "cpu" else None,
+        "threads_used": len(os.sched_getaffinity(0)) if device.platform == "cpu" else None,
         "framework_version": jax.__version__,
         "n_params": int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params))),
         "lower_s": lower_s,

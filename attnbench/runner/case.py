@@ -75,9 +75,10 @@ class Case:
         return self.batch * self.length
 
     def series_key(self) -> str:
-        """Every field but ``length`` and ``batch``: the series an OOM cuts short."""
+        """Every field but ``length``, ``batch`` and ``n_buckets`` (``auto`` grows with the
+        length): the series an out-of-memory length cuts short."""
         d = {k: v for k, v in dataclasses.asdict(self).items()
-             if k not in HOW_FIELDS and k not in ("length", "batch")}
+             if k not in HOW_FIELDS and k not in ("length", "batch", "n_buckets")}
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def label(self) -> str:

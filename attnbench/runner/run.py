@@ -65,6 +65,18 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
+def _start_worker_session() -> None:
+    """In the child before exec: its own process group (so a timeout kills everything it
+    started), and death with the runner (Linux), so killing a run leaves no orphan worker."""
+    os.setsid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -90,11 +102,15 @@ def run_case(case: Case, *, run_dir: Path | None = None, python: str = sys.execu
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([python, "-m", "attnbench.runner.worker"],
                                 stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                env=worker_env(run_dir), start_new_session=True, text=True)
+                                env=worker_env(run_dir), preexec_fn=_start_worker_session,
+                                text=True)
         killed_for = None
         try:
-            proc.stdin.write(json.dumps(case.to_dict()))
-            proc.stdin.close()
+            try:
+                proc.stdin.write(json.dumps(case.to_dict()))
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass  # the worker died before reading its case: its exit status says why
             while proc.poll() is None:
                 elapsed = time.perf_counter() - start
                 if elapsed > case.timeout_s:

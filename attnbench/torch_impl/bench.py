@@ -107,7 +107,7 @@ def make_step(case, variant: Variant) -> Step:
     info = {
         "platform": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(),
+        "threads_used": torch.get_num_threads(),
         "framework_version": torch.__version__,
         "n_params": sum(p.numel() for p in params),
     }

@@ -1,0 +1,87 @@
+"""Timing policy, statistics, and the work formulas, against hand-computed values."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from attnbench.measure import work
+from attnbench.measure.memory import is_oom
+from attnbench.measure.timing import TimingPolicy, iqr, time_repeats
+from attnbench.runner.case import Case
+
+
+def test_iqr_hand_computed():
+    assert iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == 2.0  # inclusive quartiles 2 and 4
+    assert iqr([7.0]) == 0.0
+
+
+def fake_clock(monkeypatch, durations):
+    """Make perf_counter advance by the next duration on every second call."""
+    ticks = itertools.accumulate(itertools.chain.from_iterable((0.0, d) for d in durations))
+    monkeypatch.setattr("attnbench.measure.timing.time.perf_counter", lambda: next(ticks))
+
+
+def test_repeats_stop_when_spread_is_stable(monkeypatch):
+    fake_clock(monkeypatch, [1.0] * 100)
+    out = time_repeats(lambda: None, TimingPolicy(min_repeats=3, max_repeats=20))
+    assert out["time_repeats"] == 3 and out["time_median_s"] == 1.0
+    assert out["time_samples_s"] == [1.0, 1.0, 1.0]
+
+
+def test_repeats_go_on_while_noisy_until_budget(monkeypatch):
+    fake_clock(monkeypatch, [1.0, 2.0] * 50)
+    out = time_repeats(lambda: None, TimingPolicy(min_repeats=3, max_repeats=20,
+                                                  time_budget_s=7.5))
+    # IQR/median stays above 5%; after five repeats 7 s < 7.5 s are spent, after six 9 s.
+    assert out["time_repeats"] == 6
+    assert out["time_samples_s"] == [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]
+
+
+def test_repeats_capped(monkeypatch):
+    fake_clock(monkeypatch, [1.0, 3.0] * 50)
+    out = time_repeats(lambda: None, TimingPolicy(min_repeats=2, max_repeats=4,
+                                                  time_budget_s=1e9))
+    assert out["time_repeats"] == 4
+
+
+def test_flops_of_full_attention_layer():
+    case = Case(variant="full-naive", framework="torch", mode="forward", length=8, batch=2,
+                d_model=4, n_heads=2)
+    value, formula = work.flops(case, "full", model=False, reversible=False)
+    assert value == 8 * 2 * 8 * 4 * 4 + 4 * 2 * 8 * 8 * 4
+    assert formula == "8bld^2 + 4bl^2d"
+    fb = Case(**{**case.to_dict(), "mode": "forward-backward"})
+    assert work.flops(fb, "full", False, False)[0] == 3 * value
+
+
+def test_flops_of_lsh_layer_is_linear_in_length():
+    def lsh(length):
+        case = Case(variant="lsh", framework="torch", mode="forward", length=length,
+                    n_hashes=2, n_buckets=length // 32, chunk_len=64)
+        return work.flops(case, "lsh", False, False)[0]
+
+    # Doubling the length with buckets growing along (auto) is 2x plus the hashing term's 2x.
+    assert lsh(8192) / lsh(4096) == pytest.approx(2.0, rel=0.35)
+    assert lsh(8192) / lsh(4096) < 2.5
+
+
+def test_analytic_memory_terms():
+    case = Case(variant="full-naive", framework="torch", mode="forward", length=1024,
+                n_heads=4, d_model=256)
+    assert work.analytic_memory_mb(case, "full", False, False, False) == 4 * 1024**2 * 4 / 2**20
+    lsh = Case(variant="lsh", framework="torch", mode="forward", length=1024, n_heads=4,
+               d_model=256, n_hashes=2, chunk_len=64, n_buckets=32)
+    assert work.analytic_memory_mb(lsh, "lsh", False, False, False) == \
+        4 * 2 * 1024 * 64 * 2 * 4 / 2**20
+
+
+@pytest.mark.parametrize("text, oom", [
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", True),
+    ("RESOURCE_EXHAUSTED: Out of memory while trying to allocate", True),
+    ("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes", True),
+    ("shape mismatch", False),
+])
+def test_is_oom(text, oom):
+    assert is_oom(RuntimeError(text)) is oom

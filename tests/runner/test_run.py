@@ -1,0 +1,124 @@
+"""The runner's promises: every fault becomes a row, the sweep goes on, a killed run resumes
+with every case exactly once. Real worker processes throughout; fake workers (a script in
+place of the Python executable) only where a real case cannot misbehave on demand."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attnbench.runner.case import Case
+from attnbench.runner.run import run_case, run_cases
+from attnbench.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = dict(framework="torch", d_model=32, n_heads=2, threads=1, min_repeats=1, max_repeats=1,
+            timeout_s=120)
+
+
+def fake_python(tmp_path: Path, body: str) -> str:
+    """An executable that ignores its arguments and runs ``body`` (bash)."""
+    path = tmp_path / "fake-python"
+    path.write_text("#!/usr/bin/env bash\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def case(**changes) -> Case:
+    return Case(**{"variant": "lsh", "mode": "forward", "length": 64, "n_hashes": 1,
+                   "n_buckets": 2, "chunk_len": 32, **TINY, **changes})
+
+
+def test_hanging_worker_hits_its_timeout(tmp_path):
+    start = time.perf_counter()
+    out = run_case(case(timeout_s=1.0), python=fake_python(tmp_path, "sleep 60"))
+    assert out.status == "timeout"
+    assert "timeout_s=1 s" in out.error
+    assert time.perf_counter() - start < 10
+
+
+def test_crashing_worker_is_an_error_with_its_message(tmp_path):
+    out = run_case(case(), python=fake_python(tmp_path, "echo 'fatal: the GPU fell off' >&2; "
+                                                        "exit 3"))
+    assert out.status == "error"
+    assert "exited with code 3" in out.error and "the GPU fell off" in out.error
+
+
+def test_worker_killed_by_a_signal_is_named(tmp_path):
+    out = run_case(case(), python=fake_python(tmp_path, "kill -SEGV $$"))
+    assert out.status == "error" and "SIGSEGV" in out.error
+    out = run_case(case(), python=fake_python(tmp_path, "kill -KILL $$"))
+    assert out.status == "oom" and "SIGKILL" in out.error
+
+
+def test_failure_inside_a_real_worker_is_an_error_row():
+    control = run_case(case(framework="jax", length=96))
+    assert control.status == "ok", control.error
+    bad = run_case(case(framework="jax", length=80))  # not a whole number of 32-chunks
+    assert bad.status == "error"
+    assert "length" in bad.error and "multiple of" in bad.error and "chunk_len=32" in bad.error
+
+
+def test_memory_limit_records_oom_then_skips_longer_and_goes_on(tmp_path):
+    hog = dict(variant="full-naive", mode="forward-backward", n_hashes=None, n_buckets=None,
+               chunk_len=None, d_model=64, memory_limit_mb=1200)
+    cases = [case(**hog, length=8192), case(**hog, length=16384), case(length=128)]
+    store = RunStore(tmp_path / "run")
+    store.create({"run_id": "r"})
+    counts = run_cases(cases, store, "r", progress=False)
+    rows = {r["case"]["length"]: r for r in store.rows()}
+    assert counts == {"oom": 1, "skipped": 1, "ok": 1}, rows
+    assert "memory_limit_mb=1200" in rows[8192]["error"]
+    assert rows[16384]["status"] == "skipped" and "length 8192" in rows[16384]["error"]
+    assert rows[128]["status"] == "ok" and rows[128]["metrics"]["time_median_s"] > 0
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_every_case_exactly_once(tmp_path):
+    suite = tmp_path / "resume.toml"
+    suite.write_text("""
+name = "resume"
+description = "four tiny torch cases"
+[[sweep]]
+variant = "lsh"
+framework = "torch"
+mode = "forward"
+length = [64, 128, 192, 256]
+chunk_len = 32
+d_model = 32
+n_heads = 2
+threads = 1
+min_repeats = 1
+max_repeats = 1
+""")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "attnbench.cli", "run", str(suite), "--out", str(out),
+           "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if results.is_file() and results.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker, mid-sweep
+    proc.wait()
+    before = results.read_text().count("\n")
+    assert 1 <= before < 4, "the kill must land mid-sweep"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resuming run" in done.stderr
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(r["case"]["length"] for r in rows) == [64, 128, 192, 256]
+    assert len({r["case_id"] for r in rows}) == 4
+    assert all(r["status"] == "ok" for r in rows)
+    assert (out / "results.csv").read_text().count("\n") == 5

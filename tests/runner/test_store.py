@@ -1,0 +1,64 @@
+"""The run store: durable appends, a cut-off last line, schema checks, tidy rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attnbench.store import SCHEMA_VERSION, RunStore, StoreError, flatten, write_csv
+
+
+def row(case_id, status="ok", **metrics):
+    return {"run_id": "r", "case_id": case_id, "case": {"variant": "lsh", "length": 64},
+            "status": status, "error": None if status == "ok" else "boom",
+            "metrics": metrics, "started_at": "t", "wall_s": 1.0}
+
+
+def test_append_and_read_back(tmp_path):
+    store = RunStore(tmp_path / "run")
+    store.create({"run_id": "r", "suite": {"name": "s"}})
+    store.append(row("a", time_median_s=0.5, time_samples_s=[0.4, 0.5, 0.6]))
+    store.append(row("b", status="oom"))
+    rows = list(store.rows())
+    assert [r["case_id"] for r in rows] == ["a", "b"]
+    assert all(r["schema"] == SCHEMA_VERSION for r in rows)
+    assert store.read_meta()["suite"] == {"name": "s"}
+    assert store.done_ids() == {"a", "b"}
+
+
+def test_cut_off_last_line_is_ignored_and_repaired(tmp_path):
+    store = RunStore(tmp_path)
+    store.create({"run_id": "r"})
+    store.append(row("a"))
+    with open(store.results_path, "a") as f:
+        f.write('{"case_id": "b", "sta')  # the process died mid-write
+    assert store.done_ids() == {"a"}
+    store.repair()
+    store.append(row("c"))
+    assert [r["case_id"] for r in store.rows()] == ["a", "c"]
+
+
+def test_bad_status_and_wrong_schema_are_refused(tmp_path):
+    store = RunStore(tmp_path)
+    store.create({"run_id": "r"})
+    with pytest.raises(ValueError, match="status='fine'"):
+        store.append(row("a", status="fine"))
+    store.meta_path.write_text(json.dumps({"schema": 99}))
+    with pytest.raises(StoreError, match="schema 99"):
+        store.read_meta()
+    with pytest.raises(StoreError, match="not a run directory"):
+        RunStore(tmp_path / "nothing").read_meta()
+
+
+def test_flatten_and_csv(tmp_path):
+    store = RunStore(tmp_path)
+    store.create({"run_id": "r"})
+    store.append(row("a", time_median_s=0.5, time_samples_s=[0.4, 0.5]))
+    store.append(row("b", status="timeout"))
+    flat = flatten(next(store.rows()))
+    assert flat["variant"] == "lsh" and flat["time_median_s"] == 0.5 and flat["status"] == "ok"
+    assert write_csv(tmp_path, tmp_path / "out.csv") == 2
+    header, first, second = (tmp_path / "out.csv").read_text().splitlines()
+    assert header.split(",")[:4] == ["run_id", "case_id", "variant", "length"]
+    assert '"[0.4, 0.5]"' in first and "timeout" in second

@@ -1,0 +1,141 @@
+"""Suite parsing, validation (every error names file, key and rule), expansion, stable ids."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from attnbench.runner.case import Case
+from attnbench.runner.command import SUITES_DIR
+from attnbench.runner.suite import SuiteError, load_suite, parse_suite
+
+BASE = {"name": "t", "sweep": [{"variant": "lsh", "framework": "torch",
+                                "mode": "forward-backward", "length": 256}]}
+
+
+def suite(**changes):
+    data = {**BASE, **changes}
+    return parse_suite(data, "t.toml")
+
+
+def sweep(**axes):
+    return suite(sweep=[{**BASE["sweep"][0], **axes}])
+
+
+def test_product_expansion_count():
+    s = sweep(variant=["lsh", "full-fused"], framework=["torch", "jax"], length=[128, 256],
+              n_hashes=[1, 2, 4])
+    # lsh: 2 frameworks x 2 lengths x 3 hashes; full attention ignores n_hashes: 2 x 2.
+    assert len(s.cases) == 12 + 4
+
+
+def test_axes_that_do_not_apply_are_dropped():
+    s = sweep(variant="full-fused", n_hashes=[1, 4], chunk_len=32, depth=[1, 2])
+    (case,) = s.cases
+    assert (case.n_hashes, case.n_buckets, case.chunk_len, case.depth) == (None, None, None, 1)
+
+
+def test_auto_buckets_and_tokens_per_batch():
+    s = sweep(length=[256, 512], tokens_per_batch=1024, chunk_len=64)
+    assert [(c.length, c.batch, c.n_buckets) for c in s.cases] == [(256, 4, 8), (512, 2, 16)]
+
+
+def test_excludes_sweep_and_global():
+    s = suite(sweep=[{**BASE["sweep"][0], "length": [128, 256, 512],
+                      "exclude": [{"length": 512}]}], exclude=[{"length": 128}])
+    assert [c.length for c in s.cases] == [256]
+
+
+def test_options_list_is_an_axis():
+    s = sweep(mode="approx", options=[{"inputs": "random"}, {"inputs": "clustered"}])
+    assert sorted(c.options["inputs"] for c in s.cases) == ["clustered", "random"]
+
+
+def test_cheapest_first_within_a_series():
+    s = sweep(length=[1024, 256, 512], n_hashes=[2, 1])
+    by_series = {}
+    for c in s.cases:
+        by_series.setdefault(c.n_hashes, []).append(c.length)
+    assert by_series == {2: [256, 512, 1024], 1: [256, 512, 1024]}
+
+
+def test_case_id_is_stable_and_ignores_how():
+    a = sweep().cases[0]
+    b = dataclasses.replace(a, suite="other", max_repeats=99, timeout_s=1.0, threads=7)
+    assert a.case_id == b.case_id
+    assert a.case_id != dataclasses.replace(a, length=512).case_id
+    # Pinned: a change to Case's fields or the hash breaks resume and compare across versions.
+    assert Case(variant="lsh", framework="torch", mode="forward", length=64).case_id \
+        == "760c403dc525"
+
+
+@pytest.mark.parametrize("changes, key, rule", [
+    ({"name": ""}, "name", "required"),
+    ({"bogus": 1}, "bogus", "unknown key"),
+    ({"sweep": []}, "sweep", "at least one"),
+    ({"sweep": [{"variant": "lsh", "framework": "torch", "mode": "forward"}]},
+     "sweep[0].length", "required"),
+    ({"sweep": [{**BASE["sweep"][0], "lenght": 5}]}, "sweep[0].lenght", "unknown key"),
+    ({"sweep": [{**BASE["sweep"][0], "variant": "nope"}]}, "sweep[0].variant",
+     "is not a variant"),
+    ({"sweep": [{**BASE["sweep"][0], "framework": "mxnet"}]}, "sweep[0].framework",
+     "must be one of torch, jax"),
+    ({"sweep": [{**BASE["sweep"][0], "mode": "train-step"}]}, "sweep[0].mode",
+     "is not a mode of layer variant 'lsh'"),
+    ({"sweep": [{**BASE["sweep"][0], "length": 100}]}, "sweep[0].length",
+     "must be a multiple of chunk_len=64"),
+    ({"sweep": [{**BASE["sweep"][0], "n_buckets": 7}]}, "sweep[0].n_buckets", "even integer"),
+    ({"sweep": [{**BASE["sweep"][0], "length": -64}]}, "sweep[0].length", "integer >= 1"),
+    ({"sweep": [{**BASE["sweep"][0], "d_model": 30}]}, "sweep[0].d_model",
+     "not divisible by n_heads=4"),
+    ({"sweep": [{**BASE["sweep"][0], "device": "tpu"}]}, "sweep[0].device", "cpu, cuda"),
+    ({"sweep": [{**BASE["sweep"][0], "batch": 2, "tokens_per_batch": 512}]},
+     "sweep[0].tokens_per_batch", "not both"),
+    ({"sweep": [{**BASE["sweep"][0], "tokens_per_batch": 300}]},
+     "sweep[0].tokens_per_batch", "not a multiple of length=256"),
+    ({"sweep": [{**BASE["sweep"][0], "n_hashes": []}]}, "sweep[0].n_hashes", "empty list"),
+    ({"sweep": [{**BASE["sweep"][0], "min_repeats": 5, "max_repeats": 2}]},
+     "sweep[0].max_repeats", ">= min_repeats=5"),
+    ({"sweep": [{**BASE["sweep"][0], "exclude": [{"colour": 1}]}]},
+     "sweep[0].exclude[0].colour", "unknown case field"),
+    ({"contract": [{"name": "c", "metric": "time_median_s", "numerator": {"variant": "lsh"},
+                    "denominator": {"variant": "full-fused"}}]}, "contract[0]",
+     "max_ratio and/or min_ratio"),
+    ({"contract": [{"name": "c", "metric": "time_median_s", "numerator": {"size": 1},
+                    "denominator": {"variant": "lsh"}, "max_ratio": 1}]},
+     "contract[0].numerator.size", "unknown case field"),
+    ({"contract": [{"name": "c", "metric": "m", "numerator": {"variant": "lsh"},
+                    "denominator": {"variant": "lsh"}, "max_ratio": -1}]},
+     "contract[0].max_ratio", "positive number"),
+])
+def test_errors_name_file_key_and_rule(changes, key, rule):
+    with pytest.raises(SuiteError) as err:
+        suite(**changes)
+    message = str(err.value)
+    assert message.startswith("t.toml: "), message
+    assert key in message and rule in message, message
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [unclosed\n")
+    with pytest.raises(SuiteError, match="bad.toml: not valid TOML"):
+        load_suite(bad)
+    with pytest.raises(SuiteError, match="missing.toml: cannot read suite"):
+        load_suite(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("path", sorted(SUITES_DIR.glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_suites_are_valid(path: Path):
+    s = load_suite(path)
+    assert s.name == path.stem
+    assert s.description.strip()
+    assert len({c.case_id for c in s.cases}) == len(s.cases)
+
+
+def test_shipped_suites_exist():
+    names = {p.stem for p in SUITES_DIR.glob("*.toml")}
+    assert {"smoke", "quickstart", "paper-speed", "hashes-buckets", "memory-depth",
+            "gpu-long", "ci"} <= names
