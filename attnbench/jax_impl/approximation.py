@@ -155,6 +155,12 @@ def trained_inputs(*, seed: int, model_seed: int, batch: int, n_heads: int, leng
     params, _ = task_train.build_model(config, weights)
     tokens = jnp.asarray(approx_inputs.trained_tokens(
         seed=seed, batch=batch, length=length, vocab_size=config.vocab_size))
+    return jax.jit(_layer_qkv, static_argnums=2)(params, tokens, n_heads)
+
+
+def _layer_qkv(params, tokens, n_heads: int):
+    """Layer 0's shared query-keys and values [B, H, L, dh] for ``tokens`` [B, L]."""
+    batch, length = tokens.shape
     x = params["embed"]["weight"][tokens] + params["positions"]["weight"][:length]  # (B, L, d)
     block = params["stack"]["blocks"][0]["f"]
     h = layer_norm(block["norm"], x)

@@ -141,10 +141,16 @@ def trained_inputs(*, seed: int, model_seed: int, batch: int, n_heads: int, leng
     tokens = torch.from_numpy(approx_inputs.trained_tokens(
         seed=seed, batch=batch, length=length, vocab_size=config.vocab_size))
     with torch.no_grad():
-        x = model.embed(tokens) + model.positions(torch.arange(length))  # (B, L, d_model)
-        block = model.stack.blocks[0].f
-        h = block.norm(x)
-        qk, v = block.attention.w_qk(h), block.attention.w_v(h)
+        return _layer_qkv(model, tokens, n_heads)
+
+
+def _layer_qkv(model, tokens: torch.Tensor, n_heads: int):
+    """Layer 0's shared query-keys and values [B, H, L, dh] for ``tokens`` [B, L]."""
+    batch, length = tokens.shape
+    x = model.embed(tokens) + model.positions(torch.arange(length))  # (B, L, d_model)
+    block = model.stack.blocks[0].f
+    h = block.norm(x)
+    qk, v = block.attention.w_qk(h), block.attention.w_v(h)
     return tuple(t.view(batch, length, n_heads, -1).transpose(1, 2) for t in (qk, v))
 
 

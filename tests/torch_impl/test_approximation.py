@@ -110,18 +110,18 @@ def test_two_bucket_collision_rate_is_one_minus_angle_over_pi(rng):
 
 def test_trained_inputs_come_from_a_trained_layer_and_are_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(approx_inputs, "TRAINED_STEPS", 100)  # plumbing, not convergence
-    base = dict(inputs="trained", length=32, n_seeds=2, checkpoint_dir=tmp_path)
+    base = dict(inputs="trained", n_seeds=2, checkpoint_dir=tmp_path)
     one, four = measure(1, **base), measure(4, **base)
     (path,) = tmp_path.glob("duplication-torch-*.npz")
     curve = load_trained(path).loss_curve
     assert curve[-1][0] == 100 and curve[-1][1] < curve[0][1]  # the layer was trained
     assert one["approx_recall"] < four["approx_recall"] <= 1 + TOLERANCE["float32"]
-    qk, v = trained_inputs(seed=3, model_seed=0, batch=2, n_heads=2, length=32, d_model=32,
+    qk, v = trained_inputs(seed=3, model_seed=0, batch=2, n_heads=2, length=64, d_model=32,
                            checkpoint_dir=tmp_path)
-    assert qk.shape == v.shape == (2, 2, 32, 16)
-    again, _ = trained_inputs(seed=3, model_seed=0, batch=2, n_heads=2, length=32, d_model=32,
+    assert qk.shape == v.shape == (2, 2, 64, 16)
+    again, _ = trained_inputs(seed=3, model_seed=0, batch=2, n_heads=2, length=64, d_model=32,
                               checkpoint_dir=tmp_path)
-    other, _ = trained_inputs(seed=4, model_seed=0, batch=2, n_heads=2, length=32, d_model=32,
+    other, _ = trained_inputs(seed=4, model_seed=0, batch=2, n_heads=2, length=64, d_model=32,
                               checkpoint_dir=tmp_path)
     assert torch.equal(qk, again) and not torch.equal(qk, other)
 
