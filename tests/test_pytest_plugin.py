@@ -156,6 +156,9 @@ def test_case_and_settings(attn_benchmark):
     case = Case(variant="full-naive", framework="torch", mode="forward", length=64)
     with pytest.raises(TypeError, match="not both"):
         attn_benchmark(case, length=128)
+    attn_benchmark(case)
+    with pytest.raises(RuntimeError, match="once per test"):
+        attn_benchmark(case)
 ''')
     result = pytester.runpytest("--benchmark-disable", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
