@@ -92,7 +92,7 @@ def _eval_step(spec: ModelSpec):
         language_model(p, tokens, spec=spec, key=key, train=False), targets, mask))
 
 
-def _arrays(batch: Batch):
+def _on_device(batch: Batch):
     return tuple(jnp.asarray(a) for a in batch)
 
 
@@ -111,7 +111,7 @@ def _train(config: TaskConfig) -> Trained:
     curve, window = [], []
     start = time.perf_counter()
     for step in range(1, config.steps + 1):
-        tokens, targets, mask = _arrays(task_batch(config, TRAIN_STREAM, step))
+        tokens, targets, mask = _on_device(task_batch(config, TRAIN_STREAM, step))
         params, opt_state, loss = step_fn(params, opt_state, tokens, targets, mask,
                                           jax.random.fold_in(key, step))
         window.append(loss)
@@ -137,7 +137,7 @@ def _evaluate(config: TaskConfig, weights: dict[str, np.ndarray], attention: str
     correct = count = 0
     loss_sum = 0.0
     for index in range(config.eval_batches):
-        tokens, targets, mask = _arrays(task_batch(config, EVAL_STREAM, index))
+        tokens, targets, mask = _on_device(task_batch(config, EVAL_STREAM, index))
         loss, batch_correct, batch_count = eval_fn(params, tokens, targets, mask,
                                                    jax.random.fold_in(key, index))
         correct, count = correct + int(batch_correct), count + int(batch_count)

@@ -66,7 +66,7 @@ def masked_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor)
     return losses[scored].mean(), int(correct.sum()), int(scored.sum())
 
 
-def _tensors(batch: Batch, device: str):
+def _on_device(batch: Batch, device: str):
     return tuple(torch.from_numpy(a).to(device) for a in batch)
 
 
@@ -80,7 +80,7 @@ def train(config: TaskConfig, *, device: str = "cpu") -> Trained:
     curve, window = [], []
     start = time.perf_counter()
     for step in range(1, config.steps + 1):
-        tokens, targets, mask = _tensors(task_batch(config, TRAIN_STREAM, step), device)
+        tokens, targets, mask = _on_device(task_batch(config, TRAIN_STREAM, step), device)
         loss, _, _ = masked_loss(model(tokens, generator=generator), targets, mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -102,7 +102,7 @@ def evaluate(config: TaskConfig, weights: dict[str, np.ndarray], attention: str,
     correct = count = 0
     loss_sum = 0.0
     for index in range(config.eval_batches):
-        tokens, targets, mask = _tensors(task_batch(config, EVAL_STREAM, index), device)
+        tokens, targets, mask = _on_device(task_batch(config, EVAL_STREAM, index), device)
         seed = derive_seed(derive_seed(config.seed, _EVAL_SEED_STREAM), index)
         logits = model(tokens, generator=torch.Generator().manual_seed(seed))
         loss, batch_correct, batch_count = masked_loss(logits, targets, mask)
