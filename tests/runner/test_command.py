@@ -1,0 +1,101 @@
+"""``attnbench run | list | env | export`` through the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnbench.runner.suite import load_suite
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def attnbench(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "attnbench.cli", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_dry_run_lists_filtered_cases():
+    out = attnbench("run", "smoke", "--dry-run", "--framework", "jax", "--filter", "lsh/")
+    assert out.returncode == 0, out.stderr
+    labels = out.stdout.splitlines()
+    assert labels and all("lsh/jax" in line for line in labels)
+    assert "case(s) of" in out.stderr
+
+
+def test_bad_suite_exits_2_naming_file_and_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[[sweep]]\nvariant = "lsh"\nframework = "torch"\n'
+                   'mode = "forward"\nlength = 64\nchunk_len = 48\n')
+    out = attnbench("run", str(bad), "--dry-run")
+    assert out.returncode == 2
+    assert f"{bad}: sweep[0].length: 64 must be a multiple of chunk_len=48" in out.stderr
+
+
+def test_a_different_suite_in_the_same_directory_is_refused(tmp_path):
+    def suite(lengths):
+        path = tmp_path / "s.toml"
+        path.write_text(f'name = "s"\n[[sweep]]\nvariant = "full-fused"\nframework = "torch"\n'
+                        f'mode = "forward"\nlength = {lengths}\nd_model = 16\nn_heads = 2\n'
+                        'threads = 1\nmin_repeats = 1\nmax_repeats = 1\n')
+        return str(path)
+
+    out_dir = str(tmp_path / "run")
+    first = attnbench("run", suite([32]), "--out", out_dir, "--no-progress")
+    assert first.returncode == 0, first.stderr
+    again = attnbench("run", suite([32, 64]), "--out", out_dir, "--no-progress")
+    assert again.returncode == 2 and "different version of suite 's'" in again.stderr
+    fresh = attnbench("run", suite([32, 64]), "--out", out_dir, "--fresh", "--no-progress")
+    assert fresh.returncode == 0, fresh.stderr
+    assert len(Path(out_dir, "results.jsonl").read_text().splitlines()) == 2
+    assert len(list(tmp_path.glob("run.old-*"))) == 1
+
+
+def test_list_and_env():
+    listed = attnbench("list")
+    assert listed.returncode == 0
+    for name in ("full-naive", "full-fused", "full-shared-qk", "lsh", "reformer", "transformer",
+                 "quickstart", "paper-speed", "smoke"):
+        assert name in listed.stdout
+    env = attnbench("env", "--no-frameworks")
+    facts = json.loads(env.stdout)
+    assert facts["python"] == sys.version.split()[0] and "packages" in facts
+
+
+@pytest.mark.slow
+def test_smoke_suite_end_to_end(tmp_path):
+    """Every variant, framework and mode at tiny sizes, each in a real worker: all ok."""
+    out_dir = tmp_path / "smoke"
+    out = attnbench("run", "smoke", "--out", str(out_dir), "--no-progress", timeout=1200)
+    assert out.returncode == 0, out.stderr
+    suite = load_suite(ROOT / "suites" / "smoke.toml")
+    rows = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["case_id"] for r in rows) == sorted(c.case_id for c in suite.cases)
+    failed = [(r["case"]["variant"], r["case"]["framework"], r["error"]) for r in rows
+              if r["status"] != "ok"]
+    assert not failed
+    meta = json.loads((out_dir / "meta.json").read_text())
+    assert meta["schema"] == 1 and meta["suite"]["name"] == "smoke"
+    assert meta["environment"]["packages"]["torch"] and meta["environment"]["git"]
+    for r in rows:
+        assert set(r) >= {"schema", "run_id", "case_id", "case", "status", "error", "metrics",
+                          "started_at", "wall_s"}
+        m = r["metrics"]
+        if r["case"]["mode"] in ("forward", "forward-backward", "train-step"):
+            assert m["time_median_s"] > 0 and len(m["time_samples_s"]) == m["time_repeats"]
+            assert m["mem_peak_mb"] is not None and m["mem_analytic_mb"] > 0
+            assert m["flops"] > 0 and m["tokens_per_s"] > 0
+            if r["case"]["framework"] == "jax":
+                assert m["compile_s"] > 0
+        elif r["case"]["mode"] == "approx":
+            assert 0 <= m["approx_recall"] <= 1
+        else:
+            assert set(m["task_eval"]) == {"full", "lsh-2"}
+    csv_lines = (out_dir / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == len(rows) + 1
