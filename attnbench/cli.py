@@ -7,7 +7,6 @@
   report      HTML + CSV report of one or more runs
   compare     compare two runs case by case; non-zero exit on a regression
   check       evaluate a run's same-run contracts; non-zero exit on a violation
-  layer-bench the one-layer benchmark of the foundation issue (superseded by run)
 """
 
 from __future__ import annotations
@@ -95,17 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                 importlib.import_module(module).add_arguments(p)
             except ImportError as exc:  # a subcommand still being built, or a missing extra
                 p.set_defaults(_unavailable=f"{name}: {exc}")
-    sub.add_parser("layer-bench", help="one-layer benchmark (see attnbench layer-bench -h)",
-                   add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["layer-bench"]:
-        from attnbench import layer_bench
-
-        return layer_bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "_unavailable", None):
         print(f"attnbench: error: {args._unavailable}", file=sys.stderr)

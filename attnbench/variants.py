@@ -12,7 +12,13 @@ into the frozen specs both frameworks build from, so torch and JAX measure the s
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from attnbench.spec import AttentionSpec, FeedForwardSpec, ModelSpec
 
@@ -30,6 +36,9 @@ class Variant:
     reversible: bool = False  # model variants
     chunked_ff: bool = False  # model variants
     frameworks: tuple[str, ...] = ("torch", "jax")
+    # Plugin layers (another library's attention): build(case, device=, dtype=) -> nn.Module
+    # taking x [batch, length, d_model] to y; torch only.
+    build: Callable | None = None
 
     @property
     def hashed(self) -> bool:
@@ -77,6 +86,39 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     _model("reformer", "the Reformer: LSH attention, reversible stack, chunked feed-forward",
            "lsh", True, True),
 )}
+
+
+def register_variant(variant: Variant) -> Variant:
+    """Add a variant (from a plugin); a name already taken by another variant is an error."""
+    known = VARIANTS.get(variant.name)
+    if known is not None and known != variant:
+        raise ValueError(f"variant {variant.name!r} is already registered")
+    if variant.build is not None and variant.frameworks != ("torch",):
+        raise ValueError(f"variant {variant.name!r}: plugin builders are torch layers; "
+                         f"frameworks must be ('torch',), not {variant.frameworks}")
+    VARIANTS[variant.name] = variant
+    return variant
+
+
+def load_plugin(ref: str) -> None:
+    """Import a plugin (a dotted module name or a ``.py`` path) that registers variants."""
+    if ref.endswith(".py") or os.sep in ref:
+        path = Path(ref).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"plugin file not found: {ref!r}")
+        name = f"_attnbench_plugin_{path.stem}"
+        if name in sys.modules:
+            return
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]  # a later attempt must run the file again
+            raise
+    else:
+        importlib.import_module(ref)
 
 
 def get_variant(name: str) -> Variant:

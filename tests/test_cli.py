@@ -21,11 +21,13 @@ def test_unknown_command_is_a_usage_error(capsys):
     assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
 
 
-def test_layer_bench_help_runs_without_loading_torch():
+@pytest.mark.parametrize("command", ["run", "report", "compare", "check", "list", "env",
+                                     "export"])
+def test_help_of_every_command_loads_neither_framework(command):
     code = ("import sys; from attnbench.cli import main\n"
-            "try:\n    main(['layer-bench', '--help'])\nexcept SystemExit:\n    pass\n"
-            "print('torch' in sys.modules)")
+            f"try:\n    main([{command!r}, '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'jax' in sys.modules, 'pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip().endswith("False"), out.stdout
-    assert "--lengths" in out.stdout
+    assert out.stdout.strip().endswith("False False False"), out.stdout + out.stderr
+    assert "usage: attnbench " + command in out.stdout

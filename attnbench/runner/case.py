@@ -27,8 +27,8 @@ MODES = ("forward", "forward-backward", "train-step", "approx", "task")
 TIMED_MODES = ("forward", "forward-backward", "train-step")
 
 # Fields that say how a case is measured, not what: left out of case_id.
-HOW_FIELDS = ("suite", "threads", "warmup", "min_repeats", "max_repeats", "target_rel_iqr",
-              "time_budget_s", "timeout_s", "memory_limit_mb")
+HOW_FIELDS = ("suite", "plugins", "threads", "warmup", "min_repeats", "max_repeats",
+              "target_rel_iqr", "time_budget_s", "timeout_s", "memory_limit_mb")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Case:
     options: dict[str, Any] = field(default_factory=dict)  # mode-specific settings
     # how
     suite: str = ""
+    plugins: tuple[str, ...] = ()   # modules or files registering extra variants
     threads: int | None = None      # CPU threads (torch.set_num_threads / JAX affinity)
     warmup: int = 1
     min_repeats: int = 3
@@ -107,4 +108,6 @@ class Case:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown case field(s) {unknown}")
+        if "plugins" in data:
+            data = {**data, "plugins": tuple(data["plugins"])}
         return cls(**data)

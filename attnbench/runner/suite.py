@@ -34,12 +34,12 @@ from pathlib import Path
 
 from attnbench.runner.case import DEVICES, DTYPES, FRAMEWORKS, MODES, Case
 from attnbench.spec import default_n_buckets
-from attnbench.variants import VARIANTS
+from attnbench.variants import VARIANTS, load_plugin
 
 CASE_FIELDS = {f.name: f for f in dataclasses.fields(Case)}
-AXES = tuple(name for name in CASE_FIELDS if name != "suite")
+AXES = tuple(name for name in CASE_FIELDS if name not in ("suite", "plugins"))
 SWEEP_KEYS = set(AXES) | {"name", "exclude", "tokens_per_batch"}
-TOP_KEYS = {"name", "description", "defaults", "sweep", "exclude", "contract"}
+TOP_KEYS = {"name", "description", "plugins", "defaults", "sweep", "exclude", "contract"}
 CONTRACT_KEYS = {"name", "metric", "numerator", "denominator", "max_ratio", "min_ratio"}
 MODEL_DEFAULTS = {"d_ff": 1024, "vocab_size": 256}
 LSH_DEFAULTS = {"n_hashes": 1, "n_buckets": "auto", "chunk_len": 64}
@@ -96,6 +96,7 @@ def parse_suite(data: dict, where: str = "<suite>") -> Suite:
     description = data.get("description", "")
     if not isinstance(description, str):
         fail("description", "must be a string")
+    plugins = _plugins(data.get("plugins", []), where, fail)
     defaults = data.get("defaults", {})
     if not isinstance(defaults, dict):
         fail("defaults", "must be a table")
@@ -115,6 +116,7 @@ def parse_suite(data: dict, where: str = "<suite>") -> Suite:
         excludes = global_excludes + _excludes(sweep.get("exclude", []), f"{key}.exclude", fail)
         merged = {**defaults, **{k: v for k, v in sweep.items() if k not in ("name", "exclude")}}
         for case in _expand(merged, excludes, key, name, fail):
+            case = dataclasses.replace(case, plugins=plugins)
             cases.setdefault(case.case_id, case)
     if not cases:
         fail("sweep", "expands to no cases (everything excluded?)")
@@ -122,6 +124,24 @@ def parse_suite(data: dict, where: str = "<suite>") -> Suite:
                       for i, c in enumerate(data.get("contract", [])))
     return Suite(name=name, description=description, path=where,
                  cases=tuple(order_cases(cases.values())), contracts=contracts, source=data)
+
+
+def _plugins(value, where: str, fail) -> tuple[str, ...]:
+    """Import each plugin now (its variants must validate) and return absolute references:
+    a ``.py`` path is taken relative to the suite file, so workers find it from any cwd."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        fail("plugins", "must be a list of module names or .py paths")
+    refs = []
+    for ref in value:
+        if ref.endswith(".py"):
+            base = Path(where).parent if where != "<suite>" else Path.cwd()
+            ref = str((base / ref).resolve())
+        try:
+            load_plugin(ref)
+        except Exception as exc:  # noqa: BLE001 - any failure to import is the suite's error
+            fail("plugins", f"cannot load {ref!r}: {type(exc).__name__}: {exc}")
+        refs.append(ref)
+    return tuple(refs)
 
 
 def _check_keys(table: dict, allowed: set[str], key: str, fail) -> None:

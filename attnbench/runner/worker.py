@@ -15,6 +15,7 @@ process's CPU affinity.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ import traceback
 
 from attnbench.measure.memory import is_oom
 from attnbench.runner.case import TIMED_MODES, Case
-from attnbench.variants import get_variant
+from attnbench.variants import get_variant, load_plugin
 
 ERROR_TEXT_LIMIT = 2000
 
@@ -89,15 +90,28 @@ def measure(case: Case) -> dict:
     return accuracy_modes.measure(case, variant)
 
 
+def finite_or_none(value):
+    """NaN and infinities as None (``null``), recursively: results.jsonl stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def main() -> int:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         case = Case.from_dict(json.loads(sys.stdin.read()))
+        for ref in case.plugins:
+            load_plugin(ref)
         if case.device == "cpu":
             _limit_cpu_threads(case.threads)
         if case.memory_limit_mb:
             os.environ["ATTNBENCH_MEMORY_LIMIT_MB"] = str(case.memory_limit_mb)
-        result = {"status": "ok", "error": None, "metrics": measure(case)}
+        result = {"status": "ok", "error": None, "metrics": finite_or_none(measure(case))}
     except BaseException as exc:  # noqa: BLE001 - every failure must become a result
         text = "".join(traceback.format_exception_only(exc)).strip()
         if not isinstance(exc, ValueError | KeyError | MemoryError):

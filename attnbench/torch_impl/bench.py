@@ -60,8 +60,11 @@ def make_step(case, variant: Variant) -> Step:
     torch.manual_seed(case.seed)
     data = torch.Generator().manual_seed(case.seed)
     if variant.kind == "layer":
-        module = make_attention(case.d_model, attention_spec(variant, case), device=device,
-                                dtype=dtype)
+        if variant.build is not None:  # another library's layer, from a plugin
+            module = variant.build(case, device=device, dtype=dtype)
+        else:
+            module = make_attention(case.d_model, attention_spec(variant, case), device=device,
+                                    dtype=dtype)
         x = torch.randn(case.batch, case.length, case.d_model, generator=data)
         inputs = x.to(device=device, dtype=dtype)
 

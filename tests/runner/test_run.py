@@ -122,3 +122,19 @@ max_repeats = 1
     assert len({r["case_id"] for r in rows}) == 4
     assert all(r["status"] == "ok" for r in rows)
     assert (out / "results.csv").read_text().count("\n") == 5
+
+
+def test_plugin_variant_runs_in_a_worker(tmp_path):
+    plugin = Path(__file__).parent / "data" / "mha_plugin.py"
+    suite = tmp_path / "plugin.toml"
+    suite.write_text(f'name = "plugin"\nplugins = ["{plugin}"]\n[[sweep]]\n'
+                     'variant = "torch-mha"\nframework = "torch"\nmode = "forward-backward"\n'
+                     'length = 64\nd_model = 32\nn_heads = 2\nthreads = 1\n'
+                     'min_repeats = 1\nmax_repeats = 1\n')
+    from attnbench.runner.suite import load_suite
+
+    (only,) = load_suite(suite).cases
+    assert only.plugins == (str(plugin),)
+    out = run_case(only)
+    assert out.status == "ok", out.error
+    assert out.metrics["time_median_s"] > 0
