@@ -92,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", help="page title (default: the run ids)")
     parser.add_argument("--no-attention-pattern", action="store_true",
                         help="leave out the attention-pattern figure (computed, not measured)")
+    parser.add_argument("--table2-markdown", metavar="FILE",
+                        help="also write the task runs' train x eval matrix beside the paper's "
+                             "Table 2 as Markdown")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,4 +111,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"attnbench report: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path} and {path.parent / 'results.csv'}")
+    if args.table2_markdown:
+        from attnbench.report.frame import tidy_frame
+        from attnbench.report.table2 import table2_markdown
+
+        command = "attnbench report " + " ".join(args.runs) + \
+            f" --table2-markdown {args.table2_markdown}"
+        Path(args.table2_markdown).write_text(table2_markdown(tidy_frame(sources), command))
+        print(f"wrote {args.table2_markdown}")
     return 0

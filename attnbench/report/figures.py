@@ -344,7 +344,8 @@ def accuracy_matrix(frame):
         train = row.get("train_attention") or row.get("variant")
         for evaluated, accuracy in row["task_eval"].items():
             if isinstance(accuracy, int | float):
-                records.append({"task": row.get("task") or "task", "train": str(train),
+                panel = f"{row.get('task') or 'task'}, {row.get('framework')}"
+                records.append({"task": panel, "train": str(train),
                                 "eval": str(evaluated), "accuracy": float(accuracy)})
     if not records:
         raise NoData("task results carry no numeric task_eval accuracies")

@@ -34,8 +34,11 @@ def tidy_records(sources: list[Source]) -> list[dict[str, Any]]:
             record["run_id"] = record.get("run_id") or source.run_id
             record["label"] = case_label(case)
             options = case.get("options") if isinstance(case.get("options"), dict) else {}
-            record["task"] = options.get("task")
-            record["train_attention"] = options.get("train_attention")
+            record["task"] = options.get("task") or row_metrics(row).get("task_name")
+            # The runner records the attention a task trained with (from the variant and
+            # n_hashes) as a metric; older rows may carry it as an option.
+            record["train_attention"] = (options.get("train_attention")
+                                         or row_metrics(row).get("task_train_attention"))
             records.append(record)
     return records
 

@@ -89,6 +89,7 @@ def measure_task(case, variant: Variant) -> dict:
     module = _framework_module(case, "train")
     metrics = module.run_task(config, checkpoint_dir=checkpoint_dir(), device=case.device)
     metrics["task_train_attention"] = config.train_attention
+    metrics["task_name"] = config.task
     return metrics
 
 
