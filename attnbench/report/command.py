@@ -112,11 +112,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {path} and {path.parent / 'results.csv'}")
     if args.table2_markdown:
+        import shlex
+
         from attnbench.report.frame import tidy_frame
         from attnbench.report.table2 import table2_markdown
 
-        command = "attnbench report " + " ".join(args.runs) + \
-            f" --table2-markdown {args.table2_markdown}"
-        Path(args.table2_markdown).write_text(table2_markdown(tidy_frame(sources), command))
+        parts = ["attnbench", "report", *args.runs, "-o", str(out_dir)]
+        if args.title:
+            parts += ["--title", args.title]
+        if args.no_attention_pattern:
+            parts.append("--no-attention-pattern")
+        parts += ["--table2-markdown", args.table2_markdown]
+        text = table2_markdown(tidy_frame(sources), shlex.join(parts), sources)
+        Path(args.table2_markdown).write_text(text)
         print(f"wrote {args.table2_markdown}")
     return 0

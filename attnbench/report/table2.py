@@ -37,11 +37,33 @@ def matrices(frame) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
             for k, grid in out.items()}
 
 
-def table2_markdown(frame, command: str = "") -> str:
+def provenance(sources) -> list[str]:
+    """For each run with task results: the command that made it, its environment and the
+    wall time of its task cases."""
+    lines = []
+    for source in sources:
+        task_rows = [r for r in source.rows if (r.get("case") or {}).get("mode") == "task"]
+        if not task_rows:
+            continue
+        argv = source.meta.get("argv") or []
+        command = "attnbench " + " ".join(argv[1:]) if argv else "(not recorded)"
+        env = source.meta.get("environment") or {}
+        wall = sum(float(r.get("wall_s") or 0) for r in task_rows)
+        lines.append(f"- run `{source.run_id}`: `{command}`; {len(task_rows)} task case(s), "
+                     f"{wall / 60:.1f} min of wall time; CPU {env.get('cpu', '?')}, "
+                     f"{env.get('cpu_affinity') or env.get('cpu_count') or '?'} core(s); "
+                     f"commit {(env.get('git') or {}).get('sha', '?')}")
+    return lines
+
+
+def table2_markdown(frame, command: str = "", sources=()) -> str:
     """Our matrices (one per task and framework) and the paper's, in percent."""
     lines = ["# Duplication task: train x eval accuracy (%)", ""]
+    runs = provenance(sources)
+    if runs:
+        lines += ["Runs:", "", *runs, ""]
     if command:
-        lines += ["Made by:", "", "```bash", command, "```", ""]
+        lines += ["Summary made by:", "", "```bash", command, "```", ""]
     found = matrices(frame)
     if not found:
         lines.append("No finished task results in this run.")
