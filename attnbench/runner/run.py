@@ -45,6 +45,7 @@ class Outcome:
 
 def worker_env(run_dir: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env["ATTNBENCH_RUNNER_PID"] = str(os.getpid())  # the worker dies with this process
     if run_dir is not None:  # task cases keep their checkpoints in the run directory
         env["ATTNBENCH_RUN_DIR"] = str(Path(run_dir).resolve())
     # JAX must not take most of the GPU up front: the peak must show, and room must remain.
@@ -63,18 +64,6 @@ def _rss_mb(pid: int) -> float | None:
     except (OSError, ValueError):
         return None
     return None
-
-
-def _start_worker_session() -> None:
-    """In the child before exec: its own process group (so a timeout kills everything it
-    started), and death with the runner (Linux), so killing a run leaves no orphan worker."""
-    os.setsid()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -102,8 +91,7 @@ def run_case(case: Case, *, run_dir: Path | None = None, python: str = sys.execu
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([python, "-m", "attnbench.runner.worker"],
                                 stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                env=worker_env(run_dir), preexec_fn=_start_worker_session,
-                                text=True)
+                                env=worker_env(run_dir), start_new_session=True, text=True)
         killed_for = None
         try:
             try:

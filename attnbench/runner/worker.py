@@ -28,6 +28,24 @@ from attnbench.variants import get_variant, load_plugin
 ERROR_TEXT_LIMIT = 2000
 
 
+def _die_with_runner() -> None:
+    """Ask Linux to SIGKILL this worker when the runner dies, so killing a run leaves no orphan
+    (set here, after exec, rather than in a pre-exec hook: forking a threaded runner safely
+    means running no Python between fork and exec)."""
+    runner = os.environ.get("ATTNBENCH_RUNNER_PID")
+    if not runner:
+        return
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(runner):  # the runner died before the request took effect
+        os._exit(1)
+
+
 def _limit_cpu_threads(threads: int | None) -> None:
     if not threads or not hasattr(os, "sched_setaffinity"):
         return
@@ -102,6 +120,7 @@ def finite_or_none(value):
 
 
 def main() -> int:
+    _die_with_runner()
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         case = Case.from_dict(json.loads(sys.stdin.read()))
