@@ -37,7 +37,7 @@ from attnbench.jax_impl.lsh_attention import hash_vectors, lsh_attention, sort_b
 from attnbench.spec import AttentionSpec
 from attnbench.tasks import approx_inputs
 from attnbench.tasks.experiment import load_or_train
-from attnbench.tasks.stats import mean_ci
+from attnbench.tasks.stats import summarise_approximation
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -183,7 +183,8 @@ def measure_approximation(*, attention: AttentionSpec, d_model: int, length: int
     ``approx_n_seeds``. ``inputs``: ``random``, ``clustered`` (``n_clusters`` clusters) or
     ``trained`` (``trained_inputs``; ``checkpoint_dir`` keeps the trained model on disk).
     """
-    _check_args(attention, d_model, length, inputs, n_clusters, n_seeds, dtype)
+    approx_inputs.check_args(attention, d_model, length, inputs, n_clusters, n_seeds, dtype,
+                             _DTYPES)
     heads, d_head = attention.n_heads, attention.check_d_model(d_model)
     n_buckets = attention.buckets_for(length)
     per_seed = []
@@ -204,29 +205,7 @@ def measure_approximation(*, attention: AttentionSpec, d_model: int, length: int
             as_dtype = functools.partial(jnp.asarray, dtype=_DTYPES[dtype])
             per_seed.append(approximate(as_dtype(qk), as_dtype(v), as_dtype(d_out),
                                         spec=attention, rotations=rotations))
-    return _summarise(per_seed)
-
-
-def _check_args(attention, d_model, length, inputs, n_clusters, n_seeds, dtype) -> None:
-    approx_inputs.check_inputs(inputs, n_clusters)
-    if not isinstance(attention, AttentionSpec) or attention.kind != "lsh":
-        raise ValueError(f"attention={attention!r}: must be an AttentionSpec of kind 'lsh' "
-                         "(it is measured against exact shared-QK attention)")
-    attention.check_d_model(d_model)
-    attention.check_length(length)
-    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
-        raise ValueError(f"n_seeds={n_seeds!r}: must be an int >= 1")
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype={dtype!r}: must be one of {', '.join(_DTYPES)}")
-
-
-def _summarise(per_seed: list[dict[str, float]]) -> dict:
-    result: dict = {}
-    for name in ("out_rel_err", "grad_rel_err", "recall"):
-        mean, half_width = mean_ci([m[name] for m in per_seed])
-        result[f"approx_{name}"], result[f"approx_{name}_ci"] = mean, half_width
-    result["approx_n_seeds"] = len(per_seed)
-    return result
+    return summarise_approximation(per_seed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -90,3 +90,21 @@ def trained_tokens(*, seed: int, batch: int, length: int, vocab_size: int) -> np
     """Measurement seed ``seed``'s duplication batch, fed through the trained model."""
     return make_batch("duplication", seed=seed, stream=APPROX_STREAM, index=0, batch=batch,
                       length=length, vocab_size=vocab_size).tokens
+
+
+def check_args(attention, d_model: int, length: int, inputs: str, n_clusters: int,
+               n_seeds: int, dtype: str, dtypes) -> None:
+    """The argument checks of ``measure_approximation`` (both frameworks raise the same
+    errors); ``dtypes`` are the names the framework supports."""
+    from attnbench.spec import AttentionSpec
+
+    check_inputs(inputs, n_clusters)
+    if not isinstance(attention, AttentionSpec) or attention.kind != "lsh":
+        raise ValueError(f"attention={attention!r}: must be an AttentionSpec of kind 'lsh' "
+                         "(it is measured against exact shared-QK attention)")
+    attention.check_d_model(d_model)
+    attention.check_length(length)
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"n_seeds={n_seeds!r}: must be an int >= 1")
+    if dtype not in dtypes:
+        raise ValueError(f"dtype={dtype!r}: must be one of {', '.join(dtypes)}")

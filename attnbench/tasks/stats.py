@@ -41,3 +41,14 @@ def mean_ci(values) -> tuple[float, float]:
         return mean, math.nan
     var = sum((v - mean) ** 2 for v in values) / (n - 1)
     return mean, t975(n - 1) * math.sqrt(var / n)
+
+
+def summarise_approximation(per_seed: list[dict[str, float]]) -> dict:
+    """``approx_<name>`` (mean over seeds) and ``approx_<name>_ci`` for the output error, the
+    gradient error and the recall of each seed, plus ``approx_n_seeds``."""
+    result: dict = {}
+    for name in ("out_rel_err", "grad_rel_err", "recall"):
+        mean, half_width = mean_ci([m[name] for m in per_seed])
+        result[f"approx_{name}"], result[f"approx_{name}_ci"] = mean, half_width
+    result["approx_n_seeds"] = len(per_seed)
+    return result
