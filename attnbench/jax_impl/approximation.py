@@ -31,6 +31,7 @@ from attnbench.jax_impl.common import (
     linear,
     logits_dtype,
     normalize_keys,
+    resolve_device,
 )
 from attnbench.jax_impl.full_attention import shared_qk_attention
 from attnbench.jax_impl.lsh_attention import hash_vectors, lsh_attention, sort_by_bucket
@@ -188,7 +189,7 @@ def measure_approximation(*, attention: AttentionSpec, d_model: int, length: int
     heads, d_head = attention.n_heads, attention.check_d_model(d_model)
     n_buckets = attention.buckets_for(length)
     per_seed = []
-    with jax.default_device(task_train.resolve_device(device)):
+    with jax.default_device(resolve_device(device)):
         for s in range(seed, seed + n_seeds):
             if inputs == "trained":
                 qk, v = trained_inputs(seed=s, model_seed=seed, batch=batch, n_heads=heads,

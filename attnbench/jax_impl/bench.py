@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attnbench.jax_impl.common import resolve_device
 from attnbench.jax_impl.full_attention import (
     full_self_attention,
     init_full_self_attention,
@@ -48,22 +49,6 @@ class Step:
     run: Callable[[], None]
     memory: object
     info: dict = field(default_factory=dict)
-
-
-def resolve_device(name: str):
-    """``cpu`` or ``cuda[:N]``; asking for a GPU JAX does not have is an error, never a CPU run."""
-    if name == "cpu":
-        return jax.devices("cpu")[0]
-    index = int(name.partition(":")[2] or 0)
-    try:
-        gpus = jax.devices("gpu")
-    except RuntimeError as exc:
-        raise RuntimeError(f"device={name!r} asked but JAX {jax.__version__} has no GPU backend "
-                           f"(a CUDA jaxlib is needed: pip install 'attnbench[jax-cuda]'); not "
-                           f"measuring on the CPU instead [{exc}]") from None
-    if index >= len(gpus):
-        raise RuntimeError(f"device={name!r} asked but JAX sees {len(gpus)} GPU(s)")
-    return gpus[index]
 
 
 def language_model_loss(logits, tokens):

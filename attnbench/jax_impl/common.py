@@ -73,3 +73,22 @@ def layer_norm(params: dict, x):
     mean = jnp.mean(x, -1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
     return (x - mean) * lax.rsqrt(var + LAYER_NORM_EPS) * params["weight"] + params["bias"]
+
+
+def resolve_device(name: str):
+    """``cpu`` or ``cuda[:N]``; asking for a GPU JAX does not have is an error, never a CPU run."""
+    if name.partition(":")[0] not in ("cpu", "cuda") or name.startswith("cpu:") or (
+            name.partition(":")[2] and not name.partition(":")[2].isdigit()):
+        raise ValueError(f"device={name!r}: must be cpu, cuda or cuda:N")
+    if name == "cpu":
+        return jax.devices("cpu")[0]
+    index = int(name.partition(":")[2] or 0)
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError as exc:
+        raise RuntimeError(f"device={name!r} asked but JAX {jax.__version__} has no GPU backend "
+                           f"(a CUDA jaxlib is needed: pip install 'attnbench[jax-cuda]'); not "
+                           f"measuring on the CPU instead [{exc}]") from None
+    if index >= len(gpus):
+        raise RuntimeError(f"device={name!r} asked but JAX sees {len(gpus)} GPU(s)")
+    return gpus[index]

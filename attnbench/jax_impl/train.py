@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from attnbench.jax_impl.common import resolve_device
 from attnbench.jax_impl.model import init_language_model, language_model
 from attnbench.spec import ModelSpec
 from attnbench.tasks.checkpoint import Trained, flatten_tree, unflatten_tree
@@ -154,10 +155,3 @@ def run_task(config: TaskConfig, *, checkpoint_dir: str | Path | None,
         config, framework=FRAMEWORK, checkpoint_dir=checkpoint_dir,
         train=lambda c: train(c, device=device),
         evaluate=lambda c, w, name: evaluate(c, w, name, device=device))
-
-
-def resolve_device(device: str):
-    """``"cpu"`` or ``"cuda"`` (the first GPU): a missing GPU is an error, never a fallback."""
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r}: must be 'cpu' or 'cuda'")
-    return jax.devices("cpu" if device == "cpu" else "gpu")[0]

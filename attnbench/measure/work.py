@@ -22,7 +22,7 @@ MB = 2**20
 BACKWARD_FACTOR = {"forward": 1, "forward-backward": 3, "train-step": 3}
 
 
-def _attention_flops(kind: str, b: int, n: int, d: int, h: int, case) -> tuple[float, str]:
+def _attention_flops(kind: str, b: int, n: int, d: int, case) -> tuple[float, str]:
     if kind == "lsh":
         window = 2  # the chunk itself and one chunk before (n_chunks_before=1, after=0)
         c = case.chunk_len
@@ -37,8 +37,8 @@ def _attention_flops(kind: str, b: int, n: int, d: int, h: int, case) -> tuple[f
 
 def flops(case, attention_kind: str, model: bool, reversible: bool) -> tuple[float, str]:
     """Model FLOPs of one step of ``case`` and the formula, per ``case.mode``."""
-    b, n, d, h = case.batch, case.length, case.d_model, case.n_heads
-    attn, formula = _attention_flops(attention_kind, b, n, d, h, case)
+    b, n, d = case.batch, case.length, case.d_model
+    attn, formula = _attention_flops(attention_kind, b, n, d, case)
     if model:
         ff = 4 * b * n * d * case.d_ff
         width = 2 * d if reversible else d

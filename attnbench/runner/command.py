@@ -72,7 +72,7 @@ def _cases(suite: Suite, args) -> tuple[list, list]:
     device = args.device
     if device is not None and device.partition(":")[0] not in DEVICES:
         raise SuiteError(f"--device {device!r}: must be cpu, cuda or cuda:N")
-    everything = filter_cases(suite.cases, devices=device)
+    everything = filter_cases(suite.cases, device=device)
     overrides = {}
     if args.memory_limit is not None:
         overrides["memory_limit_mb"] = args.memory_limit

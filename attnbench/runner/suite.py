@@ -23,9 +23,7 @@ that cannot run (a mode the variant lacks, a length LSH cannot chunk) is an erro
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
 import math
 import tomllib
 from collections.abc import Iterable
@@ -62,12 +60,6 @@ class Suite:
     cases: tuple[Case, ...]
     contracts: tuple[dict, ...] = ()
     source: dict = field(default_factory=dict)  # the parsed TOML, copied into meta.json
-
-    @property
-    def digest(self) -> str:
-        """Hash of the expanded cases: a resumed run must be the same suite."""
-        ids = sorted(c.case_id for c in self.cases)
-        return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:12]
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -314,16 +306,16 @@ def order_cases(cases: Iterable[Case]) -> list[Case]:
     return ordered
 
 
-def filter_cases(cases: Iterable[Case], *, frameworks=None, devices=None,
+def filter_cases(cases: Iterable[Case], *, frameworks=None, device=None,
                  patterns=None) -> list[Case]:
-    """Cases of the given frameworks; ``devices`` replaces each case's device; ``patterns``
+    """Cases of the given frameworks; ``device`` replaces each case's device; ``patterns``
     keep cases whose label contains every one of them (``--filter lsh --filter L=4096``)."""
     out = []
     for case in cases:
         if frameworks and case.framework not in frameworks:
             continue
-        if devices:
-            case = dataclasses.replace(case, device=devices)
+        if device:
+            case = dataclasses.replace(case, device=device)
         if patterns and not all(p in case.label() for p in patterns):
             continue
         out.append(case)

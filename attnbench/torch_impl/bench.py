@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.measure.memory import CpuMemory, TorchCudaMemory
+from attnbench.torch_impl.common import resolve_device
 from attnbench.torch_impl.model import LanguageModel, make_attention
 from attnbench.variants import Variant, attention_spec, model_spec
 
@@ -34,16 +35,6 @@ class Step:
     run: Callable[[], None]
     memory: object
     info: dict = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu`` or ``cuda[:N]``; asking for CUDA without it is an error, never a CPU run."""
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} asked but torch {torch.__version__} sees no CUDA "
-                           f"device; not measuring on the CPU instead")
-    return torch.device(name)
 
 
 def language_model_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

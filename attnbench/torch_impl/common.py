@@ -62,3 +62,16 @@ def dropout(x: torch.Tensor, rate: float, generator: torch.Generator | None) -> 
         raise ValueError("dropout > 0 needs an explicit generator (got generator=None)")
     keep = torch.empty_like(x).bernoulli_(1.0 - rate, generator=generator)
     return x * keep / (1.0 - rate)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` or ``cuda[:N]``; asking for CUDA without it is an error, never a CPU run."""
+    if name.partition(":")[0] not in ("cpu", "cuda") or name.startswith("cpu:") or (
+            name.partition(":")[2] and not name.partition(":")[2].isdigit()):
+        raise ValueError(f"device={name!r}: must be cpu, cuda or cuda:N")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} asked but torch {torch.__version__} sees no CUDA "
+                           f"device; not measuring on the CPU instead")
+    return torch.device(name)
