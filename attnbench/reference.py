@@ -193,6 +193,50 @@ def lsh_attention_vjp(qk, v, d_out, *, rotations=None, buckets=None, n_buckets, 
                 dedup=dedup, buckets=buckets)
 
 
+def band_attention(q, k, v, positions, *, chunk_len, n_chunks_before, n_chunks_after, causal,
+                   d_out=None, d_lse=None):
+    """Attention within windows of chunks of an already sorted order: the step every LSH kernel
+    (portable, Triton, Pallas) implements, given here slot by slot for the kernels' tests.
+
+    q, k [G, N, dh], v [G, N, dv], positions [G, N] (slot s holds position ``positions[g, s]``).
+    Chunk c (slots ``c * C .. c * C + C - 1``) attends to chunks ``(c + o) mod n_chunks`` for
+    ``o`` in ``[-n_chunks_before, n_chunks_after]`` (a chunk met twice counts twice). Logits are
+    ``q . k`` (no scaling: keys come normalised); a key at the query's own position is replaced
+    by SELF_MASK_VALUE, a later one (causal) by MASK_VALUE. Returns (out [G, N, dv],
+    lse [G, N]); with cotangents d_out [G, N, dv] and d_lse [G, N], returns (d_q, d_k, d_v).
+    """
+    groups, n_items, _ = q.shape
+    n_chunks = n_items // chunk_len
+    out, lse = np.zeros((groups, n_items, v.shape[-1])), np.zeros((groups, n_items))
+    grads = [np.zeros(x.shape) for x in (q, k, v)]
+    for g in range(groups):
+        for c in range(n_chunks):
+            rows = np.arange(c * chunk_len, (c + 1) * chunk_len)
+            cols = np.concatenate([np.arange(chunk_len) + (c + o) % n_chunks * chunk_len
+                                   for o in range(-n_chunks_before, n_chunks_after + 1)])
+            logits = q[g, rows] @ k[g, cols].T
+            q_pos, kv_pos = positions[g, rows][:, None], positions[g, cols][None, :]
+            replaced = q_pos == kv_pos
+            logits = np.where(replaced, SELF_MASK_VALUE, logits)
+            if causal:
+                logits = np.where(q_pos < kv_pos, MASK_VALUE, logits)
+                replaced |= q_pos < kv_pos
+            row_max = logits.max(-1, keepdims=True)
+            row_lse = row_max + np.log(np.exp(logits - row_max).sum(-1, keepdims=True))
+            probs = np.exp(logits - row_lse)
+            out[g, rows], lse[g, rows] = probs @ v[g, cols], row_lse[:, 0]
+            if d_out is None:
+                continue
+            d_probs = d_out[g, rows] @ v[g, cols].T
+            d_logits = probs * (d_probs - np.sum(probs * d_probs, -1, keepdims=True)
+                                + d_lse[g, rows][:, None])
+            d_logits = np.where(replaced, 0.0, d_logits)
+            grads[0][g, rows] += d_logits @ k[g, cols]
+            np.add.at(grads[1][g], cols, d_logits.T @ q[g, rows])
+            np.add.at(grads[2][g], cols, probs.T @ d_out[g, rows])
+    return (out, lse) if d_out is None else tuple(grads)
+
+
 # --------------------------------------------------------------------------------------------
 # Layer norm and the (chunked) feed-forward
 # --------------------------------------------------------------------------------------------
