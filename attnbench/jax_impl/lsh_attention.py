@@ -2,11 +2,17 @@
 
 Reads top to bottom as the algorithm (ARCHITECTURE §2), in the order of the torch file. Shapes:
 qk [B, H, L, dh], v [B, H, L, dv], rotations [H, dh, n_hashes, n_buckets // 2], buckets
-[B, H, n_hashes, L] (int32, no round offset). Differentiated by JAX's autodiff; buckets are
-constants (computed from stop_gradient'd vectors), as in every implementation.
+[B, H, n_hashes, L] (int32, no round offset). The chunked attention core is one ``custom_vjp``
+that keeps the inputs, the sorted keys and values, the output and per-row softmax statistics,
+and recomputes probabilities block by block in the backward (as flash attention does), the same
+algorithm as the torch core: memory grows with ``n_hashes * L * d`` and never holds
+``n_hashes * L * window`` logits at once. Buckets are constants, as in every implementation.
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +20,7 @@ from jax import lax
 
 from attnbench import checks
 from attnbench.jax_impl.common import (
+    KEY_NORM_EPS,
     MASK_VALUE,
     PRECISION,
     SELF_MASK_VALUE,
@@ -27,6 +34,10 @@ from attnbench.jax_impl.full_attention import (
     shared_qk_self_attention,
 )
 from attnbench.spec import AttentionSpec
+
+# Logit elements computed per block of chunks: large enough for efficient matmuls, small enough
+# that the block's temporaries stay in cache-sized pieces and peak memory stays flat.
+_BLOCK_ELEMENTS = 1 << 20
 
 # --------------------------------------------------------------------------------------------
 # 1. Hashing
@@ -82,48 +93,197 @@ def sort_by_bucket(buckets, n_buckets: int):
 
 
 # --------------------------------------------------------------------------------------------
-# 3. Attention within chunks (and their neighbours)
+# 3. Attention within chunks (and their neighbours), block by block
 # --------------------------------------------------------------------------------------------
 
 
-def _look_adjacent(x, offsets):
-    """x [G, n_chunks, C, ...] -> [G, n_chunks, W * C, ...]: chunk c followed by chunks c + o
-    for each offset, wrapping around the concatenated rounds (offset-major, as in torch)."""
-    return jnp.concatenate([jnp.roll(x, -o, axis=1) for o in offsets], axis=2)
+class _Chunks:
+    """The sorted order cut into chunks, and the window of chunks each chunk attends to.
+
+    Slot s of group g holds position ``sticker[g, s] % L`` of round ``sticker[g, s] // L``.
+    Chunk c sees chunks c + o for o in [-n_before, n_after], modulo the number of chunks, so the
+    first chunk looks back at the last one (across rounds). Built inside the traced core from
+    the (integer) sort permutations; ``block`` chunks at a time, starting at a traced index.
+    """
+
+    def __init__(self, sticker, undo, length, chunk_len, offsets):
+        groups, n_items = sticker.shape
+        self.groups, self.length, self.chunk_len = groups, length, chunk_len
+        self.n_hashes, self.n_chunks = n_items // length, n_items // chunk_len
+        self.offsets = offsets
+        self.positions = (sticker % length).reshape(groups, self.n_chunks, chunk_len)
+        base = jnp.arange(groups, dtype=sticker.dtype)[:, None]
+        self.sort_rows = self.positions + base[..., None] * length  # (G, nc, C) rows of [G*L]
+        # the sorted slot of (round r, position t), as a row of the flattened sorted tensors
+        self.undo_rows = jnp.swapaxes((undo + base * n_items).reshape(
+            groups, self.n_hashes, length), 0, 1)  # (n_hashes, G, L)
+        # the row of [n_hashes * G * L] round-major tensors that each sorted slot reads
+        self.weight_rows = ((sticker // length) * groups * length + base * length
+                            + sticker % length).reshape(-1)
+        # Blocks of whole chunks whose logits hold about _BLOCK_ELEMENTS numbers; lax.map needs
+        # equal blocks, so the block is the largest divisor of n_chunks that fits.
+        per_chunk = groups * chunk_len * chunk_len * len(offsets)
+        fits = max(1, _BLOCK_ELEMENTS // per_chunk)
+        self.block = max(b for b in range(1, min(fits, self.n_chunks) + 1)
+                         if self.n_chunks % b == 0)
+        self.n_blocks = self.n_chunks // self.block
+
+    def sort(self, x_flat, start=None):
+        """[G * L, d] -> [G, n_chunks, C, d] in sorted order (each position once per round);
+        with a block start, only that block's chunks, [G, block, C, d]."""
+        rows = self.sort_rows if start is None else self.take(self.sort_rows, start)
+        return jnp.take(x_flat, rows.reshape(-1), axis=0).reshape(*rows.shape, -1)
+
+    def take(self, x, start):
+        """x [G, n_chunks, ...] -> the block's chunks [G, block, ...]."""
+        return lax.dynamic_slice_in_dim(x, start, self.block, axis=1)
+
+    def window(self, x, start):
+        """x [G, n_chunks, C, ...] -> [G, block, W * C, ...], offset-major: the chunks of block
+        chunk i's window, i + o modulo n_chunks (a gather of whole chunks)."""
+        index = start + jnp.arange(self.block)
+        return jnp.concatenate([jnp.take(x, (index + o) % self.n_chunks, axis=1)
+                                for o in self.offsets], axis=2)
+
+    def over_blocks(self, body):
+        """Stack ``body(start)``'s per-block outputs [G, block, ...] into [G, n_chunks, ...]."""
+        stacked = lax.map(body, jnp.arange(self.n_blocks) * self.block)  # (nb, G, block, ...)
+        return jax.tree.map(
+            lambda x: jnp.moveaxis(x, 0, 1).reshape(self.groups, self.n_chunks, *x.shape[3:]),
+            stacked)
+
+    def unsort_add(self, acc, start, x):
+        """acc [G * L, d] += x [G, block, ..., d] at the rows its slots hold (scatter-add, as
+        torch's index_add_; a position's rounds sum)."""
+        rows = self.sort_rows if start is None else self.take(self.sort_rows, start)
+        return acc.at[rows.reshape(-1)].add(x.reshape(-1, acc.shape[-1]))
 
 
-def _dedup_log_counts(q_locs, kv_locs, offsets, n_chunks, dtype):
-    """log(how often each key appears in the query's windows over all rounds) [G, nc, C, WC].
+def _dedup_log_counts(q_locs, kv_locs, chunks: _Chunks, dtype):
+    """log(how often each key appears in the query's windows over all rounds) [G, nb, C, WC].
 
-    q_locs [G, nc, C, n_hashes] and kv_locs [G, nc, WC, n_hashes]: the chunk of the position in
+    q_locs [G, nb, C, n_hashes] and kv_locs [G, nb, WC, n_hashes]: the chunk of the position in
     each round. Key j is in query i's window once for every (round r, round r', offset o) with
     chunk_r'(j) == chunk_r(i) + o (mod n_chunks).
     """
     diff = kv_locs[..., None, :, None, :] - q_locs[..., :, None, :, None]  # (.., C, WC, R, R')
-    counts = sum(jnp.sum(jnp.remainder(diff - o, n_chunks) == 0, axis=(-1, -2)) for o in offsets)
+    counts = sum(jnp.sum(jnp.remainder(diff - o, chunks.n_chunks) == 0, axis=(-1, -2))
+                 for o in chunks.offsets)
     return jnp.log(counts.astype(dtype))
 
 
-def _chunked_attention(sq, sk, sv, q_pos, locs, offsets, causal):
-    """Sorted, chunked shared-QK attention. Inputs [G, n_chunks, C, ...]; returns each slot's
-    output [G, n_chunks, C, dv] (logits dtype) and log-sum-exp [G, n_chunks, C]."""
-    k = _look_adjacent(sk, offsets)  # (G, nc, WC, dh)
-    v = _look_adjacent(sv, offsets)  # (G, nc, WC, dv)
-    kv_pos = _look_adjacent(q_pos, offsets)  # (G, nc, WC)
-    logits = einsum("gcid,gcjd->gcij", sq.astype(sk.dtype), k)  # (G, nc, C, WC)
-    logits = jnp.where(q_pos[..., :, None] == kv_pos[..., None, :], SELF_MASK_VALUE, logits)
+def _block_logits(qk, sk, s_locs, chunks: _Chunks, causal, start):
+    """Recomputable part of one block of chunks: masked logits (in sk's dtype, the logits
+    dtype), the replaced-logit mask, and the block's queries and windowed keys."""
+    q = chunks.sort(qk, start).astype(sk.dtype)  # (G, nb, C, dh)
+    k = chunks.window(sk, start)  # (G, nb, WC, dh)
+    q_pos = chunks.take(chunks.positions, start)  # (G, nb, C)
+    kv_pos = chunks.window(chunks.positions, start)  # (G, nb, WC)
+    logits = einsum("gcid,gcjd->gcij", q, k)  # (G, nb, C, WC)
+    replaced = q_pos[..., :, None] == kv_pos[..., None, :]
+    logits = jnp.where(replaced, SELF_MASK_VALUE, logits)
     if causal:
-        logits = jnp.where(q_pos[..., :, None] < kv_pos[..., None, :], MASK_VALUE, logits)
-    if locs is not None:
-        logits = logits - _dedup_log_counts(locs, _look_adjacent(locs, offsets), offsets,
-                                            sq.shape[1], logits.dtype)
-    # Max and sum stay apart: a row whose only target is the masked self has logits near -1e5,
-    # where float32 cannot hold logit - logsumexp to better than 1e-2.
-    row_max = lax.stop_gradient(jnp.max(logits, -1, keepdims=True))
-    unnormalised = jnp.exp(logits - row_max)
-    row_sum = jnp.sum(unnormalised, -1, keepdims=True)
-    out = einsum("gcij,gcjd->gcid", unnormalised.astype(sv.dtype), v).astype(logits.dtype)
-    return out / row_sum, (row_max + jnp.log(row_sum))[..., 0]
+        future = q_pos[..., :, None] < kv_pos[..., None, :]
+        logits = jnp.where(future, MASK_VALUE, logits)
+        replaced |= future
+    if s_locs is not None:
+        logits = logits - _dedup_log_counts(chunks.take(s_locs, start),
+                                            chunks.window(s_locs, start), chunks, logits.dtype)
+    return logits, replaced, q, k
+
+
+def _normalize_keys_vjp(qk, d_k):
+    """Gradient of :func:`normalize_keys` (k = q * r / sqrt(d), r = rsqrt(mean(q^2) + eps))."""
+    d = qk.shape[-1]
+    r = lax.rsqrt(jnp.mean(qk * qk, -1, keepdims=True) + KEY_NORM_EPS)
+    dot = jnp.sum(d_k * qk, -1, keepdims=True)
+    return (d_k * r - qk * (r**3 * dot / d)) / math.sqrt(d)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _lsh_attention_core(qk, v, locs, sticker, undo, length, chunk_len, offsets, causal):
+    """Attend within chunk windows of the sorted order, then combine rounds: one VJP.
+
+    Like flash attention (and the torch core, line for line) it saves the (sorted) inputs, the
+    combined output and per-row softmax statistics, and recomputes probabilities block by block
+    in the backward; no tensor of size n_hashes * L * window is ever kept. Inputs qk [G * L, dh],
+    v [G * L, dv], locs [G * L, n_hashes] or None, sticker/undo [G, n_hashes * L]. Returns the
+    combined output [G * L, dv].
+    """
+    return _lsh_attention_core_fwd(qk, v, locs, sticker, undo, length, chunk_len, offsets,
+                                   causal)[0]
+
+
+def _lsh_attention_core_fwd(qk, v, locs, sticker, undo, length, chunk_len, offsets, causal):
+    chunks = _Chunks(sticker, undo, length, chunk_len, offsets)
+    k = normalize_keys(qk)  # (G*L, dh), in the logits dtype
+    dtype = k.dtype
+    sk, sv = chunks.sort(k), chunks.sort(v)  # (G, nc, C, d); windows are gathers of these
+    s_locs = None if locs is None else chunks.sort(locs)
+
+    def block(start):
+        logits, _, _, _ = _block_logits(qk, sk, s_locs, chunks, causal, start)
+        # Max and sum stay apart: a row whose only target is the masked self has logits
+        # near -1e5, where float32 cannot hold logit - logsumexp to better than 1e-2.
+        block_max = jnp.max(logits, -1, keepdims=True)  # (G, nb, C, 1)
+        unnormalised = jnp.exp(logits - block_max)
+        block_sum = jnp.sum(unnormalised, -1, keepdims=True)
+        block_v = chunks.window(sv, start)  # (G, nb, WC, dv)
+        block_out = einsum("gcij,gcjd->gcid", unnormalised.astype(v.dtype), block_v)
+        return block_out.astype(dtype) / block_sum, block_max[..., 0], block_sum[..., 0]
+
+    s_out, row_max, row_sum = chunks.over_blocks(block)  # (G, nc, C, dv), (G, nc, C) x 2
+
+    # Combine rounds: the weight of round r at position t is softmax_r(lse_r(t)).
+    s_lse = (row_max + jnp.log(row_sum)).reshape(-1)
+    weights = jax.nn.softmax(jnp.take(s_lse, chunks.undo_rows.reshape(chunks.n_hashes, -1),
+                                      axis=0), axis=0)[..., None]  # (n_hashes, G*L, 1)
+    s_out_flat = s_out.reshape(-1, s_out.shape[-1])
+    out = sum(weights[r] * jnp.take(s_out_flat, chunks.undo_rows[r].reshape(-1), axis=0)
+              for r in range(chunks.n_hashes))
+    slot_weights = jnp.take(weights.reshape(-1), chunks.weight_rows).reshape(
+        chunks.positions.shape)  # each sorted slot's own round weight
+    residuals = (qk, sk, sv, s_locs, out, row_max, row_sum, slot_weights, sticker, undo)
+    return out.astype(v.dtype), residuals
+
+
+def _lsh_attention_core_bwd(length, chunk_len, offsets, causal, residuals, d_out):
+    qk, sk, sv, s_locs, out, row_max, row_sum, slot_weights, sticker, undo = residuals
+    chunks = _Chunks(sticker, undo, length, chunk_len, offsets)
+    dtype = sk.dtype
+    d_out = d_out.astype(dtype)
+    out_dot = jnp.sum(d_out * out, -1, keepdims=True)  # (G*L, 1)
+
+    def block(grads, start):
+        d_qk, d_k, d_v = grads
+        logits, replaced, q, k = _block_logits(qk, sk, s_locs, chunks, causal, start)
+        unnormalised = jnp.exp(logits - chunks.take(row_max, start)[..., None])  # (G,nb,C,WC)
+        inv_sum = 1.0 / chunks.take(row_sum, start)[..., None]  # probs = unnormalised * inv
+        # Per slot: d(round output) = w * d_out[t], and the softmax row term
+        # sum_j p_ij dp_ij - d_lse_i collapses to w * (d_out[t] . out[t]).
+        w = chunks.take(slot_weights, start)[..., None]  # (G, nb, C, 1)
+        d_o = chunks.sort(d_out, start) * w  # (G, nb, C, dv)
+        row_term = chunks.sort(out_dot, start) * w  # (G, nb, C, 1)
+        block_v = chunks.window(sv, start).astype(dtype)  # (G, nb, WC, dv)
+        block_d_v = einsum("gcij,gcid->gcjd", unnormalised, d_o * inv_sum)  # (G, nb, WC, dv)
+        d_logits = (einsum("gcid,gcjd->gcij", d_o, block_v) - row_term) * unnormalised
+        d_logits = jnp.where(replaced, 0.0, d_logits)  # replaced logits are constants
+        # Gradients go straight to the unsorted rows (the scatter-add sums a position's
+        # rounds); accumulated in the loop carry, so no sorted-size gradient is ever stacked.
+        d_qk = chunks.unsort_add(d_qk, start, einsum("gcij,gcjd->gcid", d_logits, k) * inv_sum)
+        kv_rows = chunks.window(chunks.sort_rows, start)  # (G, nb, WC)
+        block_d_k = einsum("gcij,gcid->gcjd", d_logits, q * inv_sum)  # (G, nb, WC, dh)
+        d_k = d_k.at[kv_rows.reshape(-1)].add(block_d_k.reshape(-1, d_k.shape[-1]))
+        d_v = d_v.at[kv_rows.reshape(-1)].add(block_d_v.reshape(-1, d_v.shape[-1]))
+        return (d_qk, d_k, d_v), None
+
+    zeros = (jnp.zeros(qk.shape, dtype), jnp.zeros(qk.shape, dtype), jnp.zeros(out.shape, dtype))
+    (d_qk, d_k, d_v), _ = lax.scan(block, zeros, jnp.arange(chunks.n_blocks) * chunks.block)
+    d_qk = d_qk + _normalize_keys_vjp(qk.astype(dtype), d_k)
+    return d_qk.astype(qk.dtype), d_v.astype(sv.dtype), None, None, None
+
+
+_lsh_attention_core.defvjp(_lsh_attention_core_fwd, _lsh_attention_core_bwd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,40 +301,6 @@ def _check_lsh_args(qk, v, n_buckets, n_hashes, chunk_len, n_chunks_before, n_ch
         buckets_shape=None if buckets is None else tuple(buckets.shape))
     if rotations is None and buckets is None and key is None:
         raise ValueError("key=None: LSH attention needs a PRNG key, rotations or buckets")
-
-
-def _take_rows(x, index):
-    """x [G, L, d], index [G, N] -> [G, N, d]."""
-    return jnp.take_along_axis(x, index[..., None], axis=1)
-
-
-@jax.custom_vjp
-def _permute(x, perm, inverse):
-    """Rows of x [G, N, d] in the order ``perm`` [G, N] (a permutation, ``inverse`` its inverse).
-
-    The VJP of a gather is a scatter-add, which XLA runs serially on CPU; for a permutation it is
-    just the gather by the inverse permutation (as trax's permute_via_gather)."""
-    return _take_rows(x, perm)
-
-
-def _permute_fwd(x, perm, inverse):
-    return _take_rows(x, perm), (perm, inverse)
-
-
-def _permute_bwd(residuals, grad):
-    perm, inverse = residuals
-    return _take_rows(grad, inverse), None, None
-
-
-_permute.defvjp(_permute_fwd, _permute_bwd)
-
-
-def _sort_rows(x, n_hashes, sticker, undo):
-    """x [G, L, d] -> [G, n_hashes * L, d] in sorted order: x repeated once per round, then
-    permuted (its VJP gathers back and sums each position's rounds)."""
-    groups, length, width = x.shape
-    repeated = jnp.broadcast_to(x[:, None], (groups, n_hashes, length, width))
-    return _permute(repeated.reshape(groups, n_hashes * length, width), sticker, undo)
 
 
 def lsh_attention(qk, v, *, n_buckets: int, n_hashes: int, chunk_len: int, causal: bool,
@@ -197,29 +323,16 @@ def lsh_attention(qk, v, *, n_buckets: int, n_hashes: int, chunk_len: int, causa
     buckets = buckets.astype(jnp.int32)
     sticker, undo = sort_by_bucket(buckets, n_buckets)  # (B, H, n_hashes*L)
 
-    # Gather queries, keys and values into sorted order, cut into chunks.   (G, n_chunks, C, d)
     groups, n_items = batch * heads, n_hashes * length
     sticker, undo = sticker.reshape(groups, n_items), undo.reshape(groups, n_items)
-    positions = sticker % length
-    qk_g = qk.reshape(groups, length, d_head)
-    chunked = (groups, n_items // chunk_len, chunk_len)
-    sq = _sort_rows(qk_g, n_hashes, sticker, undo).reshape(*chunked, d_head)
-    sk = _sort_rows(normalize_keys(qk_g), n_hashes, sticker, undo).reshape(*chunked, d_head)
-    sv = _sort_rows(v.reshape(groups, length, d_v), n_hashes, sticker, undo).reshape(*chunked, d_v)
-    s_locs = None
-    if dedup:  # the chunk of each sorted slot's position in every round: (G, nc, C, n_hashes)
+    locs = None
+    if dedup:  # the chunk of every position in every round: (G*L, n_hashes)
         locs = jnp.swapaxes((undo // chunk_len).reshape(groups, n_hashes, length), 1, 2)
-        s_locs = _take_rows(locs, positions).reshape(*chunked, n_hashes)
+        locs = locs.reshape(groups * length, n_hashes)
     offsets = tuple(range(-n_chunks_before, n_chunks_after + 1))
-    s_out, s_lse = _chunked_attention(sq, sk, sv, positions.reshape(chunked), s_locs, offsets,
-                                      causal)
-
-    # Unsort and combine the rounds, weighting each by softmax over its log-sum-exp.
-    rounds = _permute(s_out.reshape(groups, n_items, d_v), undo, sticker)
-    rounds = rounds.reshape(groups, n_hashes, length, d_v)
-    lse = _permute(s_lse.reshape(groups, n_items, 1), undo, sticker)
-    weights = jax.nn.softmax(lse.reshape(groups, n_hashes, length), axis=1)
-    out = jnp.sum(rounds * weights[..., None], axis=1).astype(v.dtype)
+    out = _lsh_attention_core(qk.reshape(groups * length, d_head),
+                              v.reshape(groups * length, d_v), locs, sticker, undo, length,
+                              chunk_len, offsets, causal)
     out = out.reshape(batch, heads, length, d_v)
     return (out, buckets) if return_buckets else out
 

@@ -84,6 +84,30 @@ def test_lsh_attention_matches_reference(rng, device, dtype, causal, length, d_h
     assert_close(np64(v.grad), d_v, dtype, "d_v")
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_core_over_several_blocks_matches_reference(rng, device, monkeypatch, causal):
+    """Blocks of 3 chunks over 12 (the block loop, wrap-around across blocks); torch's twin of
+    the JAX test, with gradcheck of the custom backward."""
+    import attnbench.torch_impl.lsh_attention as tlsh
+
+    monkeypatch.setattr(tlsh, "_BLOCK_ELEMENTS", 3 * 4 * 8 * 8 * 2)  # G=4, C=8, window 2
+    qk, v = leaves(rng, [(2, 2, 48, 6), (2, 2, 48, 5)], "float64", device)
+    buckets = torch.tensor(rng.integers(0, 6, (2, 2, 2, 48)), dtype=torch.int32, device=device)
+    kw = {"n_buckets": 6, "n_hashes": 2, "chunk_len": 8, "causal": causal}
+    out = lsh_attention(qk, v, buckets=buckets, **kw)
+    d_out = torch.tensor(rng.standard_normal(out.shape), dtype=out.dtype, device=device)
+    out.backward(d_out)
+    args = [np64(qk), np64(v)]
+    ref_kw = {"buckets": buckets.cpu().numpy(), "n_buckets": 6, "chunk_len": 8,
+              "causal": causal}
+    assert_close(np64(out), R.lsh_attention(*args, **ref_kw), "float64", "output")
+    d_qk, d_v = R.lsh_attention_vjp(*args, np64(d_out), **ref_kw)
+    assert_close(np64(qk.grad), d_qk, "float64", "d_qk")
+    assert_close(np64(v.grad), d_v, "float64", "d_v")
+    assert torch.autograd.gradcheck(lambda a, b: lsh_attention(a, b, buckets=buckets, **kw),
+                                    (qk.detach().requires_grad_(), v.detach().requires_grad_()))
+
+
 def test_lsh_with_one_chunk_and_no_look_back_equals_shared_qk(rng, device):
     qk, v = leaves(rng, [(1, 2, 64, 16), (1, 2, 64, 16)], "float64", device)
     lsh = lsh_attention(qk, v, n_buckets=8, n_hashes=1, chunk_len=64, causal=True,
