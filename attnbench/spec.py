@@ -15,6 +15,10 @@ ATTENTION_KINDS = ("full", "shared_qk", "lsh")
 FULL_IMPLS = ("naive", "fused")
 ACTIVATIONS = ("relu", "gelu")
 POSITION_KINDS = ("learned", "axial", "none")
+# The LSH core's band of chunks: ``portable`` (framework ops, any device), ``triton`` (torch on
+# CUDA), ``pallas`` (JAX on GPU); ``auto`` is the framework's GPU kernel on a GPU, else portable.
+LSH_KERNELS = ("auto", "portable", "triton", "pallas")
+FRAMEWORK_KERNELS = {"torch": ("portable", "triton"), "jax": ("portable", "pallas")}
 
 
 def _fail(owner: str | None, name: str, value: object, rule: str) -> None:
@@ -39,6 +43,19 @@ def _check_rate(owner: str, name: str, value: object) -> None:
         _fail(owner, name, value, "must be a number in [0, 1)")
 
 
+def resolve_kernel(kernel: str, framework: str, platform: str) -> str:
+    """The LSH kernel that runs: ``auto`` is the framework's fused GPU kernel off the CPU and
+    the portable core on it; an explicit kernel must belong to the framework (never swapped)."""
+    _check_choice("AttentionSpec", "kernel", kernel, LSH_KERNELS)
+    own = FRAMEWORK_KERNELS[framework]
+    if kernel == "auto":
+        return "portable" if platform == "cpu" else own[1]
+    if kernel not in own:
+        _fail("AttentionSpec", "kernel", kernel, f"must be auto or a {framework} kernel "
+              f"({', '.join(own)})")
+    return kernel
+
+
 def default_n_buckets(length: int, chunk_len: int) -> int:
     """The paper's bucket count, ``2 * length / chunk_len`` (even by construction).
 
@@ -58,6 +75,8 @@ class AttentionSpec:
     impl: for ``full`` only, ``naive`` (materialised L x L matrix) or ``fused`` (the framework's
     fused kernel).
     n_buckets: ``None`` means :func:`default_n_buckets` of the call's length.
+    kernel: for ``lsh`` only, which implementation runs the band of chunks (``LSH_KERNELS``;
+    :func:`resolve_kernel` says what ``auto`` becomes).
     """
 
     kind: str = "lsh"
@@ -70,6 +89,7 @@ class AttentionSpec:
     n_chunks_before: int = 1
     n_chunks_after: int = 0
     dedup: bool = False
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         owner = "AttentionSpec"
@@ -89,6 +109,7 @@ class AttentionSpec:
         _check_int(owner, "n_chunks_after", self.n_chunks_after, 0)
         if not isinstance(self.dedup, bool):
             _fail(owner, "dedup", self.dedup, "must be a bool")
+        _check_choice(owner, "kernel", self.kernel, LSH_KERNELS)
         if self.causal and self.n_chunks_after:
             _fail(owner, "n_chunks_after", self.n_chunks_after,
                   "must be 0 when causal (look-ahead chunks would be fully masked)")

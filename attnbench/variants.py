@@ -133,7 +133,7 @@ def attention_spec(variant: Variant, case) -> AttentionSpec:
     if variant.hashed:
         return AttentionSpec(kind="lsh", n_heads=case.n_heads, causal=case.causal,
                              n_hashes=case.n_hashes, n_buckets=case.n_buckets,
-                             chunk_len=case.chunk_len)
+                             chunk_len=case.chunk_len, kernel=case.resolved_kernel or "auto")
     return AttentionSpec(kind=variant.attention, n_heads=case.n_heads, causal=case.causal,
                          impl=variant.impl)
 
@@ -160,4 +160,8 @@ def describe() -> str:
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True))
                      + "  " + r[4])
+    lines.append("\nLSH kernels (case field kernel): auto (default: triton for torch on CUDA, "
+                 "pallas for JAX on GPU, portable on the CPU), portable (framework ops, any "
+                 "device), triton (torch, CUDA), pallas (JAX, GPU); the row's kernel field "
+                 "says which ran")
     return "\n".join(lines)

@@ -136,6 +136,7 @@ def make_step(case, variant: Variant) -> Step:
         "threads_used": len(os.sched_getaffinity(0)) if device.platform == "cpu" else None,
         "framework_version": jax.__version__,
         "n_params": int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params))),
+        "kernel": case.resolved_kernel if variant.hashed else None,  # the LSH kernel that ran
         "lower_s": lower_s,
         "compile_s": compile_s,
         **_memory_analysis(compiled),

@@ -33,7 +33,7 @@ from attnbench.jax_impl.full_attention import (
     init_shared_qk_self_attention,
     shared_qk_self_attention,
 )
-from attnbench.spec import AttentionSpec
+from attnbench.spec import AttentionSpec, resolve_kernel
 
 # Logit elements computed per block of chunks: large enough for efficient matmuls, small enough
 # that the block's temporaries stay in cache-sized pieces and peak memory stays flat.
@@ -128,6 +128,11 @@ class _Chunks:
                          if self.n_chunks % b == 0)
         self.n_blocks = self.n_chunks // self.block
 
+    def band_args(self, causal) -> dict:
+        """The window settings, as the fused kernels take them."""
+        return {"chunk_len": self.chunk_len, "n_chunks_before": -self.offsets[0],
+                "n_chunks_after": self.offsets[-1], "causal": causal}
+
     def sort(self, x_flat, start=None):
         """[G * L, d] -> [G, n_chunks, C, d] in sorted order (each position once per round);
         with a block start, only that block's chunks, [G, block, C, d]."""
@@ -200,26 +205,11 @@ def _normalize_keys_vjp(qk, d_k):
     return (d_k * r - qk * (r**3 * dot / d)) / math.sqrt(d)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _lsh_attention_core(qk, v, locs, sticker, undo, length, chunk_len, offsets, causal):
-    """Attend within chunk windows of the sorted order, then combine rounds: one VJP.
-
-    Like flash attention (and the torch core, line for line) it saves the (sorted) inputs, the
-    combined output and per-row softmax statistics, and recomputes probabilities block by block
-    in the backward; no tensor of size n_hashes * L * window is ever kept. Inputs qk [G * L, dh],
-    v [G * L, dv], locs [G * L, n_hashes] or None, sticker/undo [G, n_hashes * L]. Returns the
-    combined output [G * L, dv].
-    """
-    return _lsh_attention_core_fwd(qk, v, locs, sticker, undo, length, chunk_len, offsets,
-                                   causal)[0]
-
-
-def _lsh_attention_core_fwd(qk, v, locs, sticker, undo, length, chunk_len, offsets, causal):
-    chunks = _Chunks(sticker, undo, length, chunk_len, offsets)
-    k = normalize_keys(qk)  # (G*L, dh), in the logits dtype
-    dtype = k.dtype
-    sk, sv = chunks.sort(k), chunks.sort(v)  # (G, nc, C, d); windows are gathers of these
-    s_locs = None if locs is None else chunks.sort(locs)
+def _band_forward(qk, sk, sv, s_locs, chunks: _Chunks, causal, kernel):
+    """Each sorted slot's output within its window [G, nc, C, dv] (logits dtype) and its row's
+    softmax max and sum [G, nc, C]: the portable block loop, or one fused kernel launch."""
+    if kernel == "pallas":
+        return _pallas_forward(qk, sk, sv, chunks, causal)
 
     def block(start):
         logits, _, _, _ = _block_logits(qk, sk, s_locs, chunks, causal, start)
@@ -229,38 +219,28 @@ def _lsh_attention_core_fwd(qk, v, locs, sticker, undo, length, chunk_len, offse
         unnormalised = jnp.exp(logits - block_max)
         block_sum = jnp.sum(unnormalised, -1, keepdims=True)
         block_v = chunks.window(sv, start)  # (G, nb, WC, dv)
-        block_out = einsum("gcij,gcjd->gcid", unnormalised.astype(v.dtype), block_v)
-        return block_out.astype(dtype) / block_sum, block_max[..., 0], block_sum[..., 0]
+        block_out = einsum("gcij,gcjd->gcid", unnormalised.astype(sv.dtype), block_v)
+        return block_out.astype(sk.dtype) / block_sum, block_max[..., 0], block_sum[..., 0]
 
-    s_out, row_max, row_sum = chunks.over_blocks(block)  # (G, nc, C, dv), (G, nc, C) x 2
-
-    # Combine rounds: the weight of round r at position t is softmax_r(lse_r(t)).
-    s_lse = (row_max + jnp.log(row_sum)).reshape(-1)
-    weights = jax.nn.softmax(jnp.take(s_lse, chunks.undo_rows.reshape(chunks.n_hashes, -1),
-                                      axis=0), axis=0)[..., None]  # (n_hashes, G*L, 1)
-    s_out_flat = s_out.reshape(-1, s_out.shape[-1])
-    out = sum(weights[r] * jnp.take(s_out_flat, chunks.undo_rows[r].reshape(-1), axis=0)
-              for r in range(chunks.n_hashes))
-    slot_weights = jnp.take(weights.reshape(-1), chunks.weight_rows).reshape(
-        chunks.positions.shape)  # each sorted slot's own round weight
-    residuals = (qk, sk, sv, s_locs, out, row_max, row_sum, slot_weights, sticker, undo)
-    return out.astype(v.dtype), residuals
+    return chunks.over_blocks(block)
 
 
-def _lsh_attention_core_bwd(length, chunk_len, offsets, causal, residuals, d_out):
-    qk, sk, sv, s_locs, out, row_max, row_sum, slot_weights, sticker, undo = residuals
-    chunks = _Chunks(sticker, undo, length, chunk_len, offsets)
+def _band_backward(qk, sk, sv, s_locs, chunks: _Chunks, causal, kernel, row_max, row_sum,
+                   slot_weights, d_out, out_dot):
+    """Gradients (d_qk, d_k, d_v) [G * L, d] in the unsorted rows, d_k for the normalised keys.
+
+    Per slot: d(round output) = w * d_out[t], and the softmax row term
+    sum_j p_ij dp_ij - d_lse_i collapses to w * (d_out[t] . out[t])."""
     dtype = sk.dtype
-    d_out = d_out.astype(dtype)
-    out_dot = jnp.sum(d_out * out, -1, keepdims=True)  # (G*L, 1)
+    if kernel == "pallas":
+        return _pallas_backward(qk, sk, sv, chunks, causal, row_max, row_sum, slot_weights,
+                                d_out, out_dot)
 
     def block(grads, start):
         d_qk, d_k, d_v = grads
         logits, replaced, q, k = _block_logits(qk, sk, s_locs, chunks, causal, start)
         unnormalised = jnp.exp(logits - chunks.take(row_max, start)[..., None])  # (G,nb,C,WC)
         inv_sum = 1.0 / chunks.take(row_sum, start)[..., None]  # probs = unnormalised * inv
-        # Per slot: d(round output) = w * d_out[t], and the softmax row term
-        # sum_j p_ij dp_ij - d_lse_i collapses to w * (d_out[t] . out[t]).
         w = chunks.take(slot_weights, start)[..., None]  # (G, nb, C, 1)
         d_o = chunks.sort(d_out, start) * w  # (G, nb, C, dv)
         row_term = chunks.sort(out_dot, start) * w  # (G, nb, C, 1)
@@ -277,8 +257,104 @@ def _lsh_attention_core_bwd(length, chunk_len, offsets, causal, residuals, d_out
         d_v = d_v.at[kv_rows.reshape(-1)].add(block_d_v.reshape(-1, d_v.shape[-1]))
         return (d_qk, d_k, d_v), None
 
-    zeros = (jnp.zeros(qk.shape, dtype), jnp.zeros(qk.shape, dtype), jnp.zeros(out.shape, dtype))
-    (d_qk, d_k, d_v), _ = lax.scan(block, zeros, jnp.arange(chunks.n_blocks) * chunks.block)
+    zeros = (jnp.zeros(qk.shape, dtype), jnp.zeros(qk.shape, dtype),
+             jnp.zeros((qk.shape[0], sv.shape[-1]), dtype))
+    grads, _ = lax.scan(block, zeros, jnp.arange(chunks.n_blocks) * chunks.block)
+    return grads
+
+
+def _kernel_operands(chunks: _Chunks, dtype, *sorted_):
+    """[G, nc, C, d] sorted tensors as the kernels take them, [G, N, d] in one dtype: the
+    inputs' own for bfloat16 / float16 (float32 accumulation in the kernel), else float32."""
+    n_items = chunks.n_chunks * chunks.chunk_len
+    return [x.reshape(chunks.groups, n_items, -1).astype(dtype) for x in sorted_]
+
+
+def _kernel_dtype(logits, values):
+    return values if values in (jnp.bfloat16, jnp.float16) else logits
+
+
+def _pallas_forward(qk, sk, sv, chunks: _Chunks, causal):
+    from attnbench.jax_impl import lsh_pallas
+
+    dtype = _kernel_dtype(sk.dtype, sv.dtype)
+    q, k, v = _kernel_operands(chunks, dtype, chunks.sort(qk), sk, sv)
+    positions = chunks.positions.reshape(q.shape[:2])
+    out, row_max, row_sum = lsh_pallas.band_forward(
+        q, k, v, positions, **chunks.band_args(causal), interpret=_interpret())
+    shape = chunks.positions.shape
+    return (out.reshape(*shape, -1).astype(sk.dtype), row_max.reshape(shape),
+            row_sum.reshape(shape))
+
+
+def _pallas_backward(qk, sk, sv, chunks: _Chunks, causal, row_max, row_sum, slot_weights,
+                     d_out, out_dot):
+    from attnbench.jax_impl import lsh_pallas
+
+    dtype = _kernel_dtype(sk.dtype, sv.dtype)
+    q, k, v = _kernel_operands(chunks, dtype, chunks.sort(qk), sk, sv)
+    (d_o,) = _kernel_operands(chunks, sk.dtype, chunks.sort(d_out) * slot_weights[..., None])
+    shape = q.shape[:2]
+    delta = (chunks.sort(out_dot)[..., 0] * slot_weights).reshape(shape)
+    d_sq, d_sk, d_sv = lsh_pallas.band_backward(
+        q, k, v, chunks.positions.reshape(shape), row_max.reshape(shape),
+        row_sum.reshape(shape), d_o, delta, **chunks.band_args(causal), interpret=_interpret())
+    zeros = jnp.zeros(qk.shape, sk.dtype)
+    return (chunks.unsort_add(zeros, None, d_sq.astype(sk.dtype)),
+            chunks.unsort_add(zeros, None, d_sk.astype(sk.dtype)),
+            chunks.unsort_add(jnp.zeros((qk.shape[0], sv.shape[-1]), sk.dtype), None,
+                              d_sv.astype(sk.dtype)))
+
+
+def _interpret() -> bool:
+    """Pallas kernels run compiled on a GPU and in the interpreter on the CPU (the tests);
+    the harness never measures the interpreter (a case asking for it is refused)."""
+    return jax.default_backend() == "cpu"
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _lsh_attention_core(qk, v, locs, sticker, undo, length, chunk_len, offsets, causal, kernel):
+    """Attend within chunk windows of the sorted order, then combine rounds: one VJP.
+
+    Like flash attention (and the torch core, line for line) it saves the (sorted) inputs, the
+    combined output and per-row softmax statistics, and recomputes probabilities block by block
+    in the backward; no tensor of size n_hashes * L * window is ever kept. Inputs qk [G * L, dh],
+    v [G * L, dv], locs [G * L, n_hashes] or None, sticker/undo [G, n_hashes * L]. Returns the
+    combined output [G * L, dv].
+    """
+    return _lsh_attention_core_fwd(qk, v, locs, sticker, undo, length, chunk_len, offsets,
+                                   causal, kernel)[0]
+
+
+def _lsh_attention_core_fwd(qk, v, locs, sticker, undo, length, chunk_len, offsets, causal,
+                            kernel):
+    chunks = _Chunks(sticker, undo, length, chunk_len, offsets)
+    k = normalize_keys(qk)  # (G*L, dh), in the logits dtype
+    sk, sv = chunks.sort(k), chunks.sort(v)  # (G, nc, C, d); windows are gathers of these
+    s_locs = None if locs is None else chunks.sort(locs)
+    s_out, row_max, row_sum = _band_forward(qk, sk, sv, s_locs, chunks, causal, kernel)
+
+    # Combine rounds: the weight of round r at position t is softmax_r(lse_r(t)).
+    s_lse = (row_max + jnp.log(row_sum)).reshape(-1)
+    weights = jax.nn.softmax(jnp.take(s_lse, chunks.undo_rows.reshape(chunks.n_hashes, -1),
+                                      axis=0), axis=0)[..., None]  # (n_hashes, G*L, 1)
+    s_out_flat = s_out.reshape(-1, s_out.shape[-1])
+    out = sum(weights[r] * jnp.take(s_out_flat, chunks.undo_rows[r].reshape(-1), axis=0)
+              for r in range(chunks.n_hashes))
+    slot_weights = jnp.take(weights.reshape(-1), chunks.weight_rows).reshape(
+        chunks.positions.shape)  # each sorted slot's own round weight
+    residuals = (qk, sk, sv, s_locs, out, row_max, row_sum, slot_weights, sticker, undo)
+    return out.astype(v.dtype), residuals
+
+
+def _lsh_attention_core_bwd(length, chunk_len, offsets, causal, kernel, residuals, d_out):
+    qk, sk, sv, s_locs, out, row_max, row_sum, slot_weights, sticker, undo = residuals
+    chunks = _Chunks(sticker, undo, length, chunk_len, offsets)
+    dtype = sk.dtype
+    d_out = d_out.astype(dtype)
+    out_dot = jnp.sum(d_out * out, -1, keepdims=True)  # (G*L, 1)
+    d_qk, d_k, d_v = _band_backward(qk, sk, sv, s_locs, chunks, causal, kernel, row_max,
+                                    row_sum, slot_weights, d_out, out_dot)
     d_qk = d_qk + _normalize_keys_vjp(qk.astype(dtype), d_k)
     return d_qk.astype(qk.dtype), d_v.astype(sv.dtype), None, None, None
 
@@ -289,6 +365,17 @@ _lsh_attention_core.defvjp(_lsh_attention_core_fwd, _lsh_attention_core_bwd)
 # --------------------------------------------------------------------------------------------
 # 4. The whole layer function
 # --------------------------------------------------------------------------------------------
+
+
+def _check_kernel_args(kernel, qk, v, chunk_len, dedup):
+    """A fused kernel that cannot take the call is an error, never a quiet portable run."""
+    from attnbench.jax_impl import lsh_pallas
+
+    if dedup:
+        raise ValueError(f"dedup=True: kernel {kernel!r} does not count duplicate keys "
+                         "(kernel='portable' does)")
+    lsh_pallas.check_supported(chunk_len=chunk_len, d_head=qk.shape[-1], d_v=v.shape[-1],
+                               dtype=_kernel_dtype(logits_dtype(qk), v.dtype))
 
 
 def _check_lsh_args(qk, v, n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
@@ -305,15 +392,20 @@ def _check_lsh_args(qk, v, n_buckets, n_hashes, chunk_len, n_chunks_before, n_ch
 
 def lsh_attention(qk, v, *, n_buckets: int, n_hashes: int, chunk_len: int, causal: bool,
                   rotations=None, key=None, n_chunks_before: int = 1, n_chunks_after: int = 0,
-                  dedup: bool = False, return_buckets: bool = False, buckets=None):
+                  dedup: bool = False, return_buckets: bool = False, buckets=None,
+                  kernel: str = "auto"):
     """LSH self-attention with shared queries and keys.
 
     Buckets come from ``buckets`` if given (replay), else from ``rotations`` if given, else from
-    rotations drawn with ``key``. Returns the output [B, H, L, dv] (and the int32 buckets when
-    ``return_buckets``).
+    rotations drawn with ``key``. ``kernel`` runs the band of chunks (``auto``: Pallas on a GPU
+    backend, the portable core on the CPU; see :func:`attnbench.spec.resolve_kernel`). Returns
+    the output [B, H, L, dv] (and the int32 buckets when ``return_buckets``).
     """
     _check_lsh_args(qk, v, n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
                     rotations, buckets, key)
+    kernel = resolve_kernel(kernel, "jax", jax.default_backend())
+    if kernel != "portable":
+        _check_kernel_args(kernel, qk, v, chunk_len, dedup)
     batch, heads, length, d_head = qk.shape
     d_v = v.shape[-1]
     if buckets is None:
@@ -332,7 +424,7 @@ def lsh_attention(qk, v, *, n_buckets: int, n_hashes: int, chunk_len: int, causa
     offsets = tuple(range(-n_chunks_before, n_chunks_after + 1))
     out = _lsh_attention_core(qk.reshape(groups * length, d_head),
                               v.reshape(groups * length, d_v), locs, sticker, undo, length,
-                              chunk_len, offsets, causal)
+                              chunk_len, offsets, causal, kernel)
     out = out.reshape(batch, heads, length, d_v)
     return (out, buckets) if return_buckets else out
 
@@ -353,7 +445,7 @@ def lsh_self_attention(params, x, *, spec: AttentionSpec, key=None, buckets=None
             qk, v, n_buckets=spec.buckets_for(qk.shape[2]), n_hashes=spec.n_hashes,
             chunk_len=spec.chunk_len, causal=spec.causal, key=attend_key,
             n_chunks_before=spec.n_chunks_before, n_chunks_after=spec.n_chunks_after,
-            dedup=spec.dedup, return_buckets=True, buckets=attend_buckets)
+            dedup=spec.dedup, return_buckets=True, buckets=attend_buckets, kernel=spec.kernel)
 
     return shared_qk_self_attention(params, x, spec=spec, key=key, buckets=buckets,
                                     return_buckets=return_buckets, attend=attend)

@@ -5,7 +5,9 @@ everything a reader needs to know what was measured. ``case_id`` hashes only the
 that define *what* is measured (variant, framework, device, dtype, mode, shapes, LSH
 settings, seed, mode options), not *how* (repeats, budgets, timeouts, the suite's name), so
 the same point in two runs or two suites has the same id and ``attnbench compare`` can
-pair them.
+pair them. The LSH ``kernel`` enters the id as the kernel that runs (``auto`` resolved for the
+case's framework and device), and only when that is not the portable core, so ``auto`` and the
+kernel it names are one case, and ids made before kernels existed still pair.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from attnbench.spec import resolve_kernel
 
 FRAMEWORKS = ("torch", "jax")
 DEVICES = ("cpu", "cuda")
@@ -51,6 +55,7 @@ class Case:
     n_buckets: int | None = None    # resolved (``auto`` expanded) for hashing variants
     chunk_len: int | None = None    # LSH chunk length; None for non-LSH variants
     ff_chunk_len: int | None = None  # feed-forward chunk (model variants that chunk)
+    kernel: str | None = None       # LSH kernel asked for (spec.LSH_KERNELS); None: no LSH
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # mode-specific settings
     # how
@@ -66,9 +71,22 @@ class Case:
     memory_limit_mb: int | None = None
 
     @property
-    def case_id(self) -> str:
+    def resolved_kernel(self) -> str | None:
+        """The LSH kernel that runs (``auto`` resolved for the framework and device)."""
+        if self.kernel is None:
+            return None
+        return resolve_kernel(self.kernel, self.framework, self.device.partition(":")[0])
+
+    def _what(self) -> dict[str, Any]:
         what = {k: v for k, v in dataclasses.asdict(self).items() if k not in HOW_FIELDS}
-        text = json.dumps(what, sort_keys=True, separators=(",", ":"))
+        kernel = what.pop("kernel")
+        if kernel is not None and self.resolved_kernel != "portable":
+            what["kernel"] = self.resolved_kernel
+        return what
+
+    @property
+    def case_id(self) -> str:
+        text = json.dumps(self._what(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property
@@ -78,8 +96,7 @@ class Case:
     def series_key(self) -> str:
         """Every field but ``length``, ``batch`` and ``n_buckets`` (``auto`` grows with the
         length): the series an out-of-memory length cuts short."""
-        d = {k: v for k, v in dataclasses.asdict(self).items()
-             if k not in HOW_FIELDS and k not in ("length", "batch", "n_buckets")}
+        d = {k: v for k, v in self._what().items() if k not in ("length", "batch", "n_buckets")}
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def label(self) -> str:
@@ -93,6 +110,8 @@ class Case:
             parts.append(f"depth={self.depth}")
         if self.n_hashes is not None:
             parts.append(f"h={self.n_hashes}")
+        if self.kernel is not None and self.resolved_kernel != "portable":
+            parts.append(self.resolved_kernel)
         if self.device != "cpu":
             parts.append(self.device)
         if self.dtype != "float32":

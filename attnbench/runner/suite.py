@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnbench.runner.case import DEVICES, DTYPES, FRAMEWORKS, MODES, Case
-from attnbench.spec import default_n_buckets
+from attnbench.spec import FRAMEWORK_KERNELS, LSH_KERNELS, default_n_buckets
 from attnbench.variants import VARIANTS, load_plugin
 
 CASE_FIELDS = {f.name: f for f in dataclasses.fields(Case)}
@@ -40,7 +40,7 @@ SWEEP_KEYS = set(AXES) | {"name", "exclude", "tokens_per_batch"}
 TOP_KEYS = {"name", "description", "plugins", "defaults", "sweep", "exclude", "contract"}
 CONTRACT_KEYS = {"name", "metric", "numerator", "denominator", "max_ratio", "min_ratio"}
 MODEL_DEFAULTS = {"d_ff": 1024, "vocab_size": 256}
-LSH_DEFAULTS = {"n_hashes": 1, "n_buckets": "auto", "chunk_len": 64}
+LSH_DEFAULTS = {"n_hashes": 1, "n_buckets": "auto", "chunk_len": 64, "kernel": "auto"}
 
 _INT_FIELDS = ("batch", "length", "d_model", "n_heads", "d_ff", "depth", "vocab_size",
                "n_hashes", "chunk_len", "ff_chunk_len", "threads", "warmup", "min_repeats",
@@ -242,6 +242,7 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
         elif (not isinstance(fields["n_buckets"], int) or fields["n_buckets"] < 2
               or fields["n_buckets"] % 2):
             bad("n_buckets", "must be \"auto\" or an even integer >= 2")
+        _check_kernel(fields, bad)
         if not variant.hashed:
             fields["n_hashes"] = None
     else:
@@ -265,6 +266,20 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
     if fields.get("max_repeats", CASE_FIELDS["max_repeats"].default) < min_r:
         bad("max_repeats", f"must be >= min_repeats={min_r}")
     return Case(**fields)
+
+
+def _check_kernel(fields: dict, bad) -> None:
+    """The kernel must belong to the framework, and a fused kernel needs a GPU: on the CPU
+    the Triton and Pallas kernels run only in their interpreters, which the tests use."""
+    kernel = fields["kernel"]
+    if kernel not in LSH_KERNELS:
+        bad("kernel", f"must be one of {', '.join(LSH_KERNELS)}")
+    own = FRAMEWORK_KERNELS[fields["framework"]]
+    if kernel not in ("auto", *own):
+        bad("kernel", f"is not a {fields['framework']} kernel (it has auto, {', '.join(own)})")
+    if kernel not in ("auto", "portable") and fields.get("device", "cpu") == "cpu":
+        bad("kernel", "runs on CUDA only (on the CPU a fused kernel runs only in its "
+            "interpreter, for tests; use auto or portable)")
 
 
 def _contract(entry, key: str, fail) -> dict:
@@ -316,6 +331,9 @@ def filter_cases(cases: Iterable[Case], *, frameworks=None, device=None,
             continue
         if device:
             case = dataclasses.replace(case, device=device)
+            if case.kernel is not None and device == "cpu" and case.resolved_kernel != "portable":
+                raise SuiteError(f"--device cpu: case {case.label()} asks for kernel "
+                                 f"{case.kernel!r}, which runs on CUDA only")
         if patterns and not all(p in case.label() for p in patterns):
             continue
         out.append(case)

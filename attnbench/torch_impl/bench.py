@@ -104,5 +104,6 @@ def make_step(case, variant: Variant) -> Step:
         "threads_used": torch.get_num_threads(),
         "framework_version": torch.__version__,
         "n_params": sum(p.numel() for p in params),
+        "kernel": case.resolved_kernel if variant.hashed else None,  # the LSH kernel that ran
     }
     return Step(run, memory, info)

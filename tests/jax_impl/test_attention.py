@@ -12,7 +12,7 @@ from attnbench.jax_impl import full_attention as jfa
 from attnbench.jax_impl import lsh_attention as jlsh
 from attnbench.torch_impl import full_attention as tfa
 from attnbench.torch_impl import lsh_attention as tlsh
-from tests.lsh_cases import LSH_ARGNAMES, LSH_CASES
+from tests.lsh_cases import KERNEL_ARGNAMES, KERNEL_CASES, LSH_ARGNAMES, LSH_CASES
 from tests.tolerances import assert_close
 
 DTYPES = {"float64": jnp.float64, "float32": jnp.float32}
@@ -87,6 +87,54 @@ def test_lsh_matches_reference(rng, jax_device, dtype, causal, length, d_head, n
     ref_dqk, ref_dv = R.lsh_attention_vjp(*args, np.asarray(d_out), buckets=buckets, **kw)
     assert_close(d_qk, ref_dqk, dtype, "d_qk")
     assert_close(d_v, ref_dv, dtype, "d_v")
+
+
+@pytest.mark.parametrize(KERNEL_ARGNAMES, KERNEL_CASES)
+def test_pallas_kernel_matches_reference(rng, jax_device, heads, length, d_head, n_hashes,
+                                         chunk_len, n_before, n_after, causal):
+    """The fused kernel through the whole layer function (hash, sort, band, combine) in
+    float32; on the CPU it runs in the Pallas interpreter (the portable core is checked on the
+    LSH cases above)."""
+    kernel = "pallas"
+    qk, v = arrays(rng, [(1, heads, length, d_head), (1, heads, length, 16)], "float32")
+    buckets = rng.integers(0, 4, (1, heads, n_hashes, length)).astype(np.int32)
+    kw = {"n_buckets": 4, "chunk_len": chunk_len, "causal": causal,
+          "n_chunks_before": n_before, "n_chunks_after": n_after}
+    out, d_out, (d_qk, d_v) = vjp(
+        lambda a, b: jlsh.lsh_attention(a, b, n_hashes=n_hashes, buckets=jnp.asarray(buckets),
+                                        kernel=kernel, **kw), qk, v, rng=rng)
+    args = [np.asarray(qk, np.float64), np.asarray(v, np.float64)]
+    assert_close(out, R.lsh_attention(*args, buckets=buckets, **kw), "float32", "output")
+    ref_dqk, ref_dv = R.lsh_attention_vjp(*args, np.asarray(d_out), buckets=buckets, **kw)
+    assert_close(d_qk, ref_dqk, "float32", "d_qk")
+    assert_close(d_v, ref_dv, "float32", "d_v")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_pallas_kernel_in_low_precision_matches_reference(rng, dtype):
+    low = getattr(jnp, dtype)
+    qk, v = (jnp.asarray(rng.standard_normal((1, 3, 64, 32)), low) for _ in range(2))
+    buckets = rng.integers(0, 4, (1, 3, 2, 64)).astype(np.int32)
+    kw = {"n_buckets": 4, "chunk_len": 16, "causal": True}
+    out = jax.jit(lambda a, b: jlsh.lsh_attention(a, b, n_hashes=2, buckets=jnp.asarray(buckets),
+                                                  kernel="pallas", **kw))(qk, v)
+    assert out.dtype == low
+    ref = R.lsh_attention(np.asarray(qk, np.float64), np.asarray(v, np.float64),
+                          buckets=buckets, **kw)
+    assert_close(np.asarray(out, np.float64), ref, dtype, f"{dtype} output")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"dedup": True}, r"dedup=True: kernel 'pallas' does not count duplicate keys"),
+    ({"chunk_len": 8}, r"chunk_len=8: kernel 'pallas' needs a power of two >= 16"),
+    ({"kernel": "triton"}, r"AttentionSpec.kernel='triton': must be auto or a jax kernel"),
+])
+def test_kernel_that_cannot_take_the_call_is_an_error(kwargs, message):
+    qk = jnp.ones((1, 2, 64, 8), jnp.float32)
+    args = {"n_buckets": 4, "n_hashes": 1, "chunk_len": 16, "causal": False,
+            "key": jax.random.key(0), "kernel": "pallas", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        jlsh.lsh_attention(qk, qk, **args)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])

@@ -139,3 +139,36 @@ def test_shipped_suites_exist():
     names = {p.stem for p in SUITES_DIR.glob("*.toml")}
     assert {"smoke", "quickstart", "paper-speed", "hashes-buckets", "memory-depth",
             "gpu-long", "ci"} <= names
+
+
+def test_kernel_auto_resolves_per_framework_and_device_and_is_one_case_with_its_value():
+    s = sweep(framework=["torch", "jax"], device="cuda", kernel=["auto", "portable"])
+    assert sorted((c.framework, c.resolved_kernel) for c in s.cases) == [
+        ("jax", "pallas"), ("jax", "portable"), ("torch", "portable"), ("torch", "triton")]
+    # auto and the kernel it names are one case; on the CPU auto is the portable core.
+    explicit = sweep(device="cuda", kernel="triton").cases[0]
+    assert sweep(device="cuda").cases[0].case_id == explicit.case_id
+    assert sweep(kernel="auto").cases[0].case_id == sweep(kernel="portable").cases[0].case_id
+    assert "triton" in explicit.label()
+    assert sweep(variant="full-fused").cases[0].kernel is None
+
+
+@pytest.mark.parametrize(("axes", "message"), [
+    ({"kernel": "pallas"}, r"kernel: 'pallas' is not a torch kernel \(it has auto, portable, "
+                           r"triton\)"),
+    ({"kernel": "triton"}, r"kernel: 'triton' runs on CUDA only"),
+    ({"kernel": "cuda"}, r"kernel: 'cuda' must be one of auto, portable, triton, pallas"),
+])
+def test_kernel_errors_name_the_value_and_the_rule(axes, message):
+    with pytest.raises(SuiteError, match=message):
+        sweep(**axes)
+
+
+def test_device_override_to_cpu_refuses_a_fused_kernel():
+    from attnbench.runner.suite import filter_cases
+
+    cases = sweep(device="cuda", kernel="triton").cases
+    with pytest.raises(SuiteError, match=r"--device cpu: case .* asks for kernel 'triton'"):
+        filter_cases(cases, device="cpu")
+    (moved,) = filter_cases(sweep(kernel="auto").cases, device="cuda")
+    assert moved.resolved_kernel == "triton"
