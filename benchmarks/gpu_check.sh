@@ -1,32 +1,51 @@
 #!/usr/bin/env bash
-# GPU check: the CUDA correctness tests, the smoke suite on the GPU, then a small timing.
-#   bash benchmarks/gpu_check.sh        (repository root; torch with CUDA; jax[cuda12] for JAX)
-# Runs go to ${OUT:-reports/runs}/smoke-cuda and .../quickstart-cuda (results.jsonl + CSV).
-set -euo pipefail
-# JAX must not reserve most of the GPU up front (the harness reads its peak memory use).
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-out=${OUT:-reports/runs}
-python - <<'PY'
-import torch
-assert torch.cuda.is_available(), "no CUDA device: this script checks the GPU paths"
-print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__,
-      "| tf32 matmul allowed:", torch.backends.cuda.matmul.allow_tf32)
-PY
-# Every torch and JAX test is parametrised over devices; select the CUDA instances.
-python -m pytest -q -x tests/torch_impl -k cuda
-frameworks=(--framework torch)
-if python -c "import jax; print('jax', jax.__version__, '|', jax.devices('gpu'))" 2>/dev/null; then
-    frameworks=()
-    rc=0
-    python -m pytest -q -x tests/jax_impl -k cuda || rc=$?
-    if [ "$rc" -eq 5 ]; then
-        echo "WARNING: no tests/jax_impl test matched -k cuda" >&2
-    elif [ "$rc" -ne 0 ]; then
-        exit "$rc"
-    fi
-else
-    echo "WARNING: JAX has no GPU backend here: JAX tests and timings skipped" >&2
+# One GPU run: everything a GPU should measure, in about eight minutes on one H200, with the
+# results and the HTML report under one folder.
+#
+#   bash benchmarks/gpu_check.sh [DIR]      run it (default DIR: reports/runs/gpu-check)
+#   bash benchmarks/gpu_check.sh --dry-run  list what it would run (works on a CPU machine)
+#
+# Steps: the environment (attnbench env, nvidia-smi); the CUDA tests (every torch and JAX test's
+# cuda instance: the Triton and Pallas kernels compiled, against the NumPy reference); the
+# gpu-check suite (LSH with 1-8 hashes and every kernel against FlashAttention / JAX's fused
+# attention, fwd+bwd 4K-128K, bf16 and fp32 with TF32 off; memory over depth; the longest
+# 12-layer Reformer step); its report; a summary of the figures the GPU targets are about.
+# Leaves DIR/env.txt, DIR/tests.log, DIR/tests.xml, DIR/summary.md and DIR/run/ (meta.json,
+# results.jsonl, results.csv, index.html). Run again with the same DIR to resume. Needs torch
+# with CUDA and triton; JAX with its CUDA plugin for the JAX half (without it those rows are
+# errors that say so, never CPU runs). Exit status: the tests' (1 if any failed), else 0.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # the harness reads JAX's own peak, not a pool
+export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+
+if [ "${1:-}" = "--dry-run" ]; then
+    "$py" -m attnbench.cli run gpu-check --dry-run || exit
+    "$py" -m pytest -q --collect-only -k cuda tests/torch_impl tests/jax_impl | tail -n 1
+    exit 0
 fi
-python -m attnbench.cli run smoke --device cuda "${frameworks[@]}" --out "$out/smoke-cuda" --no-progress
-python -m attnbench.cli run quickstart --device cuda "${frameworks[@]}" --out "$out/quickstart-cuda" --no-progress
-echo "gpu_check.sh: ${SECONDS}s"
+
+dir=${1:-reports/runs/gpu-check}
+mkdir -p "$dir"
+{
+    "$py" -m attnbench.cli env
+    nvidia-smi -q 2>&1 | head -n 200
+} >"$dir/env.txt" 2>&1
+if ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check.sh: torch sees no CUDA device; this script measures the GPU paths" >&2
+    exit 2
+fi
+
+echo "== CUDA tests"
+timeout 300 "$py" -m pytest -q -p no:cacheprovider -k cuda --junitxml="$dir/tests.xml" \
+    tests/torch_impl tests/jax_impl 2>&1 | tee "$dir/tests.log"
+tests_rc=${PIPESTATUS[0]}
+
+echo "== gpu-check suite"
+"$py" -m attnbench.cli run gpu-check --out "$dir/run" --no-progress
+"$py" -m attnbench.cli report "$dir/run"
+"$py" benchmarks/gpu_summary.py "$dir/run" | tee "$dir/summary.md"
+echo "gpu_check.sh: ${SECONDS}s; tests exit status $tests_rc"
+[ "$tests_rc" -eq 0 ] || exit 1
