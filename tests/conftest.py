@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -5,6 +7,11 @@ try:
     import torch
 except ImportError:  # the package itself must import without torch
     torch = None
+
+# Without a GPU the Triton kernels run in Triton's interpreter, which triton fixes when it is
+# first imported: set it for the whole test process, before anything imports triton.
+if torch is not None and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _devices():

@@ -137,6 +137,8 @@ def make_step(case, variant: Variant) -> Step:
         "framework_version": jax.__version__,
         "n_params": int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params))),
         "kernel": case.resolved_kernel if variant.hashed else None,  # the LSH kernel that ran
+        # GPU repeats run back to back: the L2 cache is warm (not flushed between calls)
+        "l2_cache": "warm" if device.platform != "cpu" else None,
         "lower_s": lower_s,
         "compile_s": compile_s,
         **_memory_analysis(compiled),

@@ -105,5 +105,7 @@ def make_step(case, variant: Variant) -> Step:
         "framework_version": torch.__version__,
         "n_params": sum(p.numel() for p in params),
         "kernel": case.resolved_kernel if variant.hashed else None,  # the LSH kernel that ran
+        # GPU repeats run back to back: the L2 cache is warm (not flushed between calls)
+        "l2_cache": "warm" if device.type != "cpu" else None,
     }
     return Step(run, memory, info)

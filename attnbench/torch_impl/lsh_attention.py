@@ -15,7 +15,7 @@ import math
 import torch
 
 from attnbench import checks
-from attnbench.spec import AttentionSpec
+from attnbench.spec import AttentionSpec, resolve_kernel
 from attnbench.torch_impl.common import (
     KEY_NORM_EPS,
     MASK_VALUE,
@@ -113,6 +113,11 @@ class _Chunks:
         self.weight_rows = ((sticker // length) * groups * length + base * length
                             + sticker % length).flatten()
 
+    def band_args(self, causal) -> dict:
+        """The window settings, as the fused kernels take them."""
+        return {"chunk_len": self.chunk_len, "n_chunks_before": -self.offsets[0],
+                "n_chunks_after": self.offsets[-1], "causal": causal}
+
     def sort(self, x_flat: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """[G * L, d] -> [G, n_chunks, C, d] in sorted order (each position once per round);
         with start/stop only those chunks, [G, stop - start, C, d]."""
@@ -190,6 +195,110 @@ def _normalize_keys_vjp(qk: torch.Tensor, d_k: torch.Tensor) -> torch.Tensor:
     return (d_k * r - qk * (r.pow(3) * dot / d)) / math.sqrt(d)
 
 
+def _band_forward(qk, sk, sv, s_locs, chunks: _Chunks, causal, kernel):
+    """Each sorted slot's output within its window [G, nc, C, dv] (logits dtype) and its row's
+    softmax max and sum [G, nc, C]: the portable block loop, or one fused kernel launch."""
+    if kernel == "triton":
+        return _triton_forward(qk, sk, sv, chunks, causal)
+    dtype = sk.dtype
+    s_out = torch.empty(*sv.shape, dtype=dtype, device=sv.device)
+    row_max = torch.empty(chunks.positions.shape, dtype=dtype, device=sv.device)
+    row_sum = torch.empty_like(row_max)
+    for start, stop in chunks.ranges():
+        logits, _, _, _ = _block_logits(qk, sk, s_locs, chunks, causal, start, stop)
+        # Max and sum stay apart: a row whose only target is the masked self has logits
+        # near -1e5, where float32 cannot hold logit - logsumexp to better than 1e-2.
+        block_max = logits.amax(-1, keepdim=True)  # (G, nb, C, 1)
+        unnormalised = logits.sub_(block_max).exp_()
+        block_sum = unnormalised.sum(-1, keepdim=True)
+        block_v = chunks.window(sv, start, stop)  # (G, nb, WC, dv)
+        s_out[:, start:stop] = (unnormalised.to(sv.dtype) @ block_v).to(dtype) / block_sum
+        row_max[:, start:stop], row_sum[:, start:stop] = block_max[..., 0], block_sum[..., 0]
+    return s_out, row_max, row_sum
+
+
+def _band_backward(qk, sk, sv, s_locs, chunks: _Chunks, causal, kernel, row_max, row_sum,
+                   slot_weights, d_out, out_dot):
+    """Gradients (d_qk, d_k, d_v) [G * L, d] in the unsorted rows, d_k for the normalised keys.
+
+    Per slot: d(round output) = w * d_out[t], and the softmax row term
+    sum_j p_ij dp_ij - d_lse_i collapses to w * (d_out[t] . out[t])."""
+    if kernel == "triton":
+        return _triton_backward(qk, sk, sv, chunks, causal, row_max, row_sum, slot_weights,
+                                d_out, out_dot)
+    dtype = sk.dtype
+    # Blocks holding a row whose only target is its (masked) self need the replaced logits'
+    # gradient zeroed explicitly; elsewhere exp() already made those probabilities 0.
+    degenerate = (row_max < SELF_MASK_VALUE / 2).any(-1).any(0).nonzero().flatten().tolist()
+    # Gradients go straight to the unsorted rows (index_add_ sums a position's rounds).
+    d_qk = torch.zeros(qk.shape, dtype=dtype, device=qk.device)
+    d_k = torch.zeros_like(d_qk)
+    d_v = torch.zeros(d_out.shape, dtype=dtype, device=d_out.device)
+    for start, stop in chunks.ranges():
+        logits, replaced, q, k = _block_logits(qk, sk, s_locs, chunks, causal, start, stop)
+        unnormalised = logits.sub_(row_max[:, start:stop, :, None]).exp_()  # (G, nb, C, WC)
+        inv_sum = row_sum[:, start:stop, :, None].reciprocal()  # probs = unnormalised * inv
+        w = slot_weights[:, start:stop, :, None]  # (G, nb, C, 1)
+        d_o = chunks.sort(d_out, start, stop).mul_(w)  # (G, nb, C, dv)
+        row_term = chunks.sort(out_dot, start, stop).mul_(w)  # (G, nb, C, 1)
+        block_v = chunks.window(sv, start, stop).to(dtype)  # (G, nb, WC, dv)
+        block_d_v = unnormalised.transpose(-1, -2) @ (d_o * inv_sum)  # (G, nb, WC, dv)
+        d_logits = (d_o @ block_v.transpose(-1, -2)).sub_(row_term).mul_(unnormalised)
+        if any(start <= c < stop for c in degenerate):
+            d_logits.masked_fill_(replaced, 0.0)  # replaced logits are constants
+        q_rows = chunks.sort_rows[:, start:stop].flatten()
+        kv_rows = chunks.window(chunks.sort_rows, start, stop).flatten()
+        d_qk.index_add_(0, q_rows, ((d_logits @ k) * inv_sum).view(-1, qk.shape[-1]))
+        block_d_k = d_logits.transpose(-1, -2) @ (q * inv_sum)  # (G, nb, WC, dh)
+        d_k.index_add_(0, kv_rows, block_d_k.view(-1, qk.shape[-1]))
+        d_v.index_add_(0, kv_rows, block_d_v.view(-1, d_v.shape[-1]))
+    return d_qk, d_k, d_v
+
+
+def _kernel_operands(chunks: _Chunks, dtype, *sorted_):
+    """[G, nc, C, d] sorted tensors as the kernels take them, [G, N, d] in one dtype: the
+    inputs' own for bfloat16 / float16 (float32 accumulation in the kernel), else float32."""
+    n_items = chunks.n_chunks * chunks.chunk_len
+    return [x.reshape(chunks.groups, n_items, -1).to(dtype).contiguous() for x in sorted_]
+
+
+def _kernel_dtype(logits, values):
+    return values if values in (torch.bfloat16, torch.float16) else logits
+
+
+def _triton_forward(qk, sk, sv, chunks: _Chunks, causal):
+    from attnbench.torch_impl import lsh_triton
+
+    dtype = _kernel_dtype(sk.dtype, sv.dtype)
+    q, k, v = _kernel_operands(chunks, dtype, chunks.sort(qk), sk, sv)
+    positions = chunks.positions.reshape(q.shape[:2])
+    out, row_max, row_sum = lsh_triton.band_forward(q, k, v, positions,
+                                                    **chunks.band_args(causal))
+    shape = chunks.positions.shape
+    return (out.reshape(*shape, -1).to(sk.dtype), row_max.reshape(shape),
+            row_sum.reshape(shape))
+
+
+def _triton_backward(qk, sk, sv, chunks: _Chunks, causal, row_max, row_sum, slot_weights,
+                     d_out, out_dot):
+    from attnbench.torch_impl import lsh_triton
+
+    dtype = _kernel_dtype(sk.dtype, sv.dtype)
+    q, k, v = _kernel_operands(chunks, dtype, chunks.sort(qk), sk, sv)
+    (d_o,) = _kernel_operands(chunks, sk.dtype, chunks.sort(d_out) * slot_weights[..., None])
+    shape = q.shape[:2]
+    delta = (chunks.sort(out_dot)[..., 0] * slot_weights).reshape(shape)
+    d_sq, d_sk, d_sv = lsh_triton.band_backward(
+        q, k, v, chunks.positions.reshape(shape), row_max.reshape(shape),
+        row_sum.reshape(shape), d_o, delta, **chunks.band_args(causal))
+    rows = chunks.sort_rows.flatten()
+    zeros = torch.zeros(qk.shape, dtype=sk.dtype, device=qk.device)
+    return (zeros.index_add(0, rows, d_sq.reshape(-1, qk.shape[-1]).to(sk.dtype)),
+            zeros.index_add(0, rows, d_sk.reshape(-1, qk.shape[-1]).to(sk.dtype)),
+            torch.zeros(d_out.shape, dtype=sk.dtype, device=qk.device).index_add(
+                0, rows, d_sv.reshape(-1, d_out.shape[-1]).to(sk.dtype)))
+
+
 class _LSHAttentionCore(torch.autograd.Function):
     """Attend within chunk windows of the sorted order, then combine rounds: one autograd node.
 
@@ -200,24 +309,11 @@ class _LSHAttentionCore(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, qk, v, locs, chunks: _Chunks, causal):
+    def forward(ctx, qk, v, locs, chunks: _Chunks, causal, kernel):
         k = normalize_keys(qk)  # (G*L, dh), in the logits dtype
-        dtype = k.dtype
         sk, sv = chunks.sort(k), chunks.sort(v)  # (G, nc, C, d); windows are slices of these
         s_locs = None if locs is None else chunks.sort(locs)
-        s_out = torch.empty(*sv.shape, dtype=dtype, device=v.device)
-        row_max = torch.empty(chunks.positions.shape, dtype=dtype, device=v.device)
-        row_sum = torch.empty_like(row_max)
-        for start, stop in chunks.ranges():
-            logits, _, _, _ = _block_logits(qk, sk, s_locs, chunks, causal, start, stop)
-            # Max and sum stay apart: a row whose only target is the masked self has logits
-            # near -1e5, where float32 cannot hold logit - logsumexp to better than 1e-2.
-            block_max = logits.amax(-1, keepdim=True)  # (G, nb, C, 1)
-            unnormalised = logits.sub_(block_max).exp_()
-            block_sum = unnormalised.sum(-1, keepdim=True)
-            block_v = chunks.window(sv, start, stop)  # (G, nb, WC, dv)
-            s_out[:, start:stop] = (unnormalised.to(v.dtype) @ block_v).to(dtype) / block_sum
-            row_max[:, start:stop], row_sum[:, start:stop] = block_max[..., 0], block_sum[..., 0]
+        s_out, row_max, row_sum = _band_forward(qk, sk, sv, s_locs, chunks, causal, kernel)
 
         # Combine rounds: the weight of round r at position t is softmax_r(lse_r(t)).
         s_lse = (row_max + row_sum.log()).reshape(-1, 1)
@@ -230,50 +326,38 @@ class _LSHAttentionCore(torch.autograd.Function):
         slot_weights = weights.view(-1, 1).index_select(0, chunks.weight_rows).view(
             chunks.positions.shape)  # each sorted slot's own round weight
         ctx.save_for_backward(qk, sk, sv, s_locs, out, row_max, row_sum, slot_weights)
-        ctx.chunks, ctx.causal = chunks, causal
+        ctx.chunks, ctx.causal, ctx.kernel = chunks, causal, kernel
         return out.to(v.dtype)
 
     @staticmethod
     def backward(ctx, d_out):
         qk, sk, sv, s_locs, out, row_max, row_sum, slot_weights = ctx.saved_tensors
-        chunks, dtype = ctx.chunks, sk.dtype
+        dtype = sk.dtype
         d_out = d_out.to(dtype)
         out_dot = (d_out * out).sum(-1, keepdim=True)  # (G*L, 1)
-        # Blocks holding a row whose only target is its (masked) self need the replaced logits'
-        # gradient zeroed explicitly; elsewhere exp() already made those probabilities 0.
-        degenerate = (row_max < SELF_MASK_VALUE / 2).any(-1).any(0).nonzero().flatten().tolist()
-        # Gradients go straight to the unsorted rows (index_add_ sums a position's rounds).
-        d_qk = torch.zeros(qk.shape, dtype=dtype, device=qk.device)
-        d_k = torch.zeros_like(d_qk)
-        d_v = torch.zeros(out.shape, dtype=dtype, device=out.device)
-        for start, stop in chunks.ranges():
-            logits, replaced, q, k = _block_logits(qk, sk, s_locs, chunks, ctx.causal, start,
-                                                   stop)
-            unnormalised = logits.sub_(row_max[:, start:stop, :, None]).exp_()  # (G, nb, C, WC)
-            inv_sum = row_sum[:, start:stop, :, None].reciprocal()  # probs = unnormalised * inv
-            # Per slot: d(round output) = w * d_out[t], and the softmax row term
-            # sum_j p_ij dp_ij - d_lse_i collapses to w * (d_out[t] . out[t]).
-            w = slot_weights[:, start:stop, :, None]  # (G, nb, C, 1)
-            d_o = chunks.sort(d_out, start, stop).mul_(w)  # (G, nb, C, dv)
-            row_term = chunks.sort(out_dot, start, stop).mul_(w)  # (G, nb, C, 1)
-            block_v = chunks.window(sv, start, stop).to(dtype)  # (G, nb, WC, dv)
-            block_d_v = unnormalised.transpose(-1, -2) @ (d_o * inv_sum)  # (G, nb, WC, dv)
-            d_logits = (d_o @ block_v.transpose(-1, -2)).sub_(row_term).mul_(unnormalised)
-            if any(start <= c < stop for c in degenerate):
-                d_logits.masked_fill_(replaced, 0.0)  # replaced logits are constants
-            q_rows = chunks.sort_rows[:, start:stop].flatten()
-            kv_rows = chunks.window(chunks.sort_rows, start, stop).flatten()
-            d_qk.index_add_(0, q_rows, ((d_logits @ k) * inv_sum).view(-1, qk.shape[-1]))
-            block_d_k = d_logits.transpose(-1, -2) @ (q * inv_sum)  # (G, nb, WC, dh)
-            d_k.index_add_(0, kv_rows, block_d_k.view(-1, qk.shape[-1]))
-            d_v.index_add_(0, kv_rows, block_d_v.view(-1, out.shape[-1]))
+        d_qk, d_k, d_v = _band_backward(qk, sk, sv, s_locs, ctx.chunks, ctx.causal, ctx.kernel,
+                                        row_max, row_sum, slot_weights, d_out, out_dot)
         d_qk += _normalize_keys_vjp(qk.to(dtype), d_k)
-        return d_qk.to(qk.dtype), d_v.to(sv.dtype), None, None, None
+        return d_qk.to(qk.dtype), d_v.to(sv.dtype), None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------
 # 4. The whole layer function
 # --------------------------------------------------------------------------------------------
+
+
+def _check_kernel_args(kernel, qk, v, chunk_len, dedup):
+    """A fused kernel that cannot take the call is an error, never a quiet portable run."""
+    try:
+        from attnbench.torch_impl import lsh_triton
+    except ImportError as exc:
+        raise RuntimeError(f"kernel={kernel!r} needs the triton package (torch's CUDA builds "
+                           f"bring it; pip install triton) [{exc}]") from None
+    if dedup:
+        raise ValueError(f"dedup=True: kernel {kernel!r} does not count duplicate keys "
+                         "(kernel='portable' does)")
+    lsh_triton.check_supported(chunk_len=chunk_len, d_head=qk.shape[-1], d_v=v.shape[-1],
+                               dtype=_kernel_dtype(logits_dtype(qk), v.dtype))
 
 
 def _check_lsh_args(qk, v, n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
@@ -296,15 +380,20 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_buckets: int, n_hashes
                   chunk_len: int, causal: bool, rotations: torch.Tensor | None = None,
                   generator: torch.Generator | None = None, n_chunks_before: int = 1,
                   n_chunks_after: int = 0, dedup: bool = False, return_buckets: bool = False,
-                  buckets: torch.Tensor | None = None):
+                  buckets: torch.Tensor | None = None, kernel: str = "auto"):
     """LSH self-attention with shared queries and keys.
 
     Buckets come from ``buckets`` if given (replay), else from ``rotations`` if given, else from
     rotations drawn from ``generator`` (the global RNG when None: drawn from, never reseeded).
-    Returns the output [B, H, L, dv] (and the int32 buckets when ``return_buckets``).
+    ``kernel`` runs the band of chunks (``auto``: Triton on CUDA tensors, the portable core on
+    the CPU; see :func:`attnbench.spec.resolve_kernel`). Returns the output [B, H, L, dv] (and
+    the int32 buckets when ``return_buckets``).
     """
     _check_lsh_args(qk, v, n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
                     rotations, buckets, generator)
+    kernel = resolve_kernel(kernel, "torch", qk.device.type)
+    if kernel != "portable":
+        _check_kernel_args(kernel, qk, v, chunk_len, dedup)
     batch, heads, length, d_head = qk.shape
     d_v = v.shape[-1]
     if buckets is None:
@@ -321,7 +410,7 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_buckets: int, n_hashes
         locs = (undo // chunk_len).view(groups, n_hashes, length).transpose(1, 2)
         locs = locs.reshape(groups * length, n_hashes)
     out = _LSHAttentionCore.apply(qk.reshape(groups * length, d_head),
-                                  v.reshape(groups * length, d_v), locs, chunks, causal)
+                                  v.reshape(groups * length, d_v), locs, chunks, causal, kernel)
     out = out.view(batch, heads, length, d_v)
     return (out, buckets) if return_buckets else out
 
@@ -340,4 +429,4 @@ class LSHSelfAttention(SharedQKSelfAttention):
             qk, v, n_buckets=spec.buckets_for(qk.shape[2]), n_hashes=spec.n_hashes,
             chunk_len=spec.chunk_len, causal=spec.causal, generator=generator,
             n_chunks_before=spec.n_chunks_before, n_chunks_after=spec.n_chunks_after,
-            dedup=spec.dedup, return_buckets=True, buckets=buckets)
+            dedup=spec.dedup, return_buckets=True, buckets=buckets, kernel=spec.kernel)

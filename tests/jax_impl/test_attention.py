@@ -213,8 +213,10 @@ def torch_vjp(fn, *arrays_, d_out):
 
 
 @pytest.mark.parametrize("variant", ["full-naive", "full-fused", "shared_qk", "lsh-h1",
-                                     "lsh-h4-causal"])
+                                     "lsh-h4-causal", "lsh-h4-causal-fused"])
 def test_torch_and_jax_agree(rng, variant):
+    """The fused variant is torch's Triton kernel against JAX's Pallas kernel (both in their
+    interpreters on the CPU)."""
     qk, k, v = arrays(rng, [(2, 2, 64, 16)] * 3, "float32")
     if variant.startswith("full"):
         impl = variant.split("-")[1]
@@ -228,10 +230,14 @@ def test_torch_and_jax_agree(rng, variant):
         # Injected buckets: equal rotations can still round an argmax near-tie differently.
         n_hashes = 1 if variant == "lsh-h1" else 4
         kw = {"n_buckets": 8, "n_hashes": n_hashes, "chunk_len": 16,
-              "causal": variant.endswith("causal")}
+              "causal": "causal" in variant}
         buckets = rng.integers(0, 8, (2, 2, n_hashes, 64)).astype(np.int32)
-        jfn = lambda a, c: jlsh.lsh_attention(a, c, buckets=jnp.asarray(buckets), **kw)  # noqa
-        tfn = lambda a, c: tlsh.lsh_attention(a, c, buckets=torch.tensor(buckets), **kw)  # noqa
+        fused = variant.endswith("fused")
+        jkw, tkw = ({"kernel": "pallas"}, {"kernel": "triton"}) if fused else ({}, {})
+        jfn = lambda a, c: jlsh.lsh_attention(a, c, buckets=jnp.asarray(buckets),  # noqa
+                                              **kw, **jkw)
+        tfn = lambda a, c: tlsh.lsh_attention(a, c, buckets=torch.tensor(buckets),  # noqa
+                                              **kw, **tkw)
     out, d_out, j_grads = vjp(jfn, qk, v, rng=rng)
     t_out, t_grads = torch_vjp(tfn, qk, v, d_out=d_out)
     assert_close(out, t_out, "float32", f"{variant} output")

@@ -7,7 +7,7 @@ import torch
 from attnbench import reference as R
 from attnbench.torch_impl.full_attention import full_attention, shared_qk_attention
 from attnbench.torch_impl.lsh_attention import hash_vectors, lsh_attention
-from tests.lsh_cases import LSH_ARGNAMES, LSH_CASES
+from tests.lsh_cases import KERNEL_ARGNAMES, KERNEL_CASES, LSH_ARGNAMES, LSH_CASES
 from tests.tolerances import TOLERANCE, assert_close
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -82,6 +82,66 @@ def test_lsh_attention_matches_reference(rng, device, dtype, causal, length, d_h
     d_qk, d_v = R.lsh_attention_vjp(*args, np64(d_out), buckets=used, **kw)
     assert_close(np64(qk.grad), d_qk, dtype, "d_qk")
     assert_close(np64(v.grad), d_v, dtype, "d_v")
+
+
+@pytest.fixture
+def interpreted(device):
+    """The device, where the Triton kernels can run: on the CPU only in a process whose
+    Triton interpreter is on (tests/conftest.py turns it on when there is no GPU)."""
+    from attnbench.torch_impl import lsh_triton
+
+    if device == "cpu" and not lsh_triton.interpreting():
+        pytest.skip("Triton's interpreter is off in this process (a GPU is present)")
+    return device
+
+
+@pytest.mark.parametrize(KERNEL_ARGNAMES, KERNEL_CASES)
+def test_triton_kernel_matches_reference(rng, interpreted, heads, length, d_head, n_hashes,
+                                         chunk_len, n_before, n_after, causal):
+    """The fused kernel through the whole layer function (hash, sort, band, combine) in
+    float32; on the CPU it runs in the Triton interpreter (the portable core is checked on the
+    LSH cases above)."""
+    device = interpreted
+    qk, v = leaves(rng, [(1, heads, length, d_head), (1, heads, length, 16)], "float32", device)
+    buckets = rng.integers(0, 4, (1, heads, n_hashes, length)).astype(np.int32)
+    kw = {"n_buckets": 4, "chunk_len": chunk_len, "causal": causal,
+          "n_chunks_before": n_before, "n_chunks_after": n_after}
+    out = lsh_attention(qk, v, n_hashes=n_hashes, buckets=torch.tensor(buckets, device=device),
+                        kernel="triton", **kw)
+    d_out = torch.tensor(rng.standard_normal(out.shape), dtype=out.dtype, device=device)
+    out.backward(d_out)
+    args = [np64(qk), np64(v)]
+    assert_close(np64(out), R.lsh_attention(*args, buckets=buckets, **kw), "float32", "output")
+    d_qk, d_v = R.lsh_attention_vjp(*args, np64(d_out), buckets=buckets, **kw)
+    assert_close(np64(qk.grad), d_qk, "float32", "d_qk")
+    assert_close(np64(v.grad), d_v, "float32", "d_v")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_triton_kernel_in_low_precision_matches_reference(rng, interpreted, dtype):
+    low = getattr(torch, dtype)
+    qk, v = (torch.tensor(rng.standard_normal((1, 3, 64, 32)), dtype=low, device=interpreted)
+             for _ in range(2))
+    buckets = rng.integers(0, 4, (1, 3, 2, 64)).astype(np.int32)
+    kw = {"n_buckets": 4, "chunk_len": 16, "causal": True}
+    out = lsh_attention(qk, v, n_hashes=2, buckets=torch.tensor(buckets, device=interpreted),
+                        kernel="triton", **kw)
+    assert out.dtype == low
+    ref = R.lsh_attention(np64(qk), np64(v), buckets=buckets, **kw)
+    assert_close(np64(out), ref, dtype, f"{dtype} output")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"dedup": True}, r"dedup=True: kernel 'triton' does not count duplicate keys"),
+    ({"chunk_len": 8}, r"chunk_len=8: kernel 'triton' needs a power of two >= 16"),
+    ({"kernel": "pallas"}, r"AttentionSpec.kernel='pallas': must be auto or a torch kernel"),
+])
+def test_kernel_that_cannot_take_the_call_is_an_error(kwargs, message):
+    qk = torch.ones(1, 2, 64, 8)
+    args = {"n_buckets": 4, "n_hashes": 1, "chunk_len": 16, "causal": False,
+            "kernel": "triton", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        lsh_attention(qk, qk, **args)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
