@@ -156,10 +156,12 @@ def test_core_over_several_blocks_matches_reference_and_check_grads(rng, monkeyp
     jax.test_util.check_grads(fn, (qk, v), order=1, modes=("rev",))
 
 
-def test_sort_is_stable_and_undo_inverts_it(rng):
+@pytest.mark.parametrize("n_buckets", [4, 2**24], ids=["packed-key", "stable-two-operand"])
+def test_sort_is_stable_and_undo_inverts_it(rng, n_buckets):
+    """Both routes (one packed int32 key; a stable sort where that key would overflow)."""
     buckets = jnp.asarray(rng.integers(0, 4, (1, 2, 3, 50)), jnp.int32)
-    sticker, undo = jlsh.sort_by_bucket(buckets, 4)
-    keys = np.asarray(buckets).reshape(1, 2, -1) + np.repeat(np.arange(3) * 4, 50)
+    sticker, undo = jlsh.sort_by_bucket(buckets, n_buckets)
+    keys = np.asarray(buckets).reshape(1, 2, -1) + np.repeat(np.arange(3) * n_buckets, 50)
     np.testing.assert_array_equal(np.asarray(sticker), np.argsort(keys, -1, kind="stable"))
     np.testing.assert_array_equal(np.take_along_axis(np.asarray(sticker), np.asarray(undo), -1),
                                   np.broadcast_to(np.arange(150), (1, 2, 150)))

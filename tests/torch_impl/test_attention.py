@@ -88,6 +88,7 @@ def test_lsh_attention_matches_reference(rng, device, dtype, causal, length, d_h
 def interpreted(device):
     """The device, where the Triton kernels can run: on the CPU only in a process whose
     Triton interpreter is on (tests/conftest.py turns it on when there is no GPU)."""
+    pytest.importorskip("triton", reason="the torch LSH kernel needs triton (attnbench[test])")
     from attnbench.torch_impl import lsh_triton
 
     if device == "cpu" and not lsh_triton.interpreting():

@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from attnbench.reference import MASK_VALUE, SELF_MASK_VALUE, band_attention
-from attnbench.torch_impl import lsh_triton
-from attnbench.torch_impl.lsh_attention import sort_by_bucket
-from tests.tolerances import assert_close
+
+pytest.importorskip("triton", reason="the torch LSH kernel needs triton (attnbench[test])")
+from attnbench.torch_impl import lsh_triton  # noqa: E402
+from attnbench.torch_impl.lsh_attention import sort_by_bucket  # noqa: E402
+from tests.tolerances import assert_close  # noqa: E402
 
 CHUNK = 16
 
