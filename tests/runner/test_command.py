@@ -60,6 +60,7 @@ def test_a_different_suite_in_the_same_directory_is_refused(tmp_path):
 def test_list_and_env():
     listed = attnbench("list")
     assert listed.returncode == 0
+    assert "LSH kernels (case field kernel): auto" in listed.stdout
     for name in ("full-naive", "full-fused", "full-shared-qk", "lsh", "reformer", "transformer",
                  "quickstart", "paper-speed", "smoke"):
         assert name in listed.stdout
@@ -93,6 +94,9 @@ def test_smoke_suite_end_to_end(tmp_path):
             assert m["flops"] > 0 and m["tokens_per_s"] > 0
             if r["case"]["framework"] == "jax":
                 assert m["compile_s"] > 0
+            # the LSH kernel that ran, on the CPU the portable core; None without LSH
+            hashed = r["case"]["n_hashes"] is not None
+            assert m["kernel"] == ("portable" if hashed else None), (r["case"], m["kernel"])
         elif r["case"]["mode"] == "approx":
             assert 0 <= m["approx_recall"] <= 1
         else:
