@@ -95,7 +95,11 @@ def measure_task(case, variant: Variant) -> dict:
 
 def measure(case, variant: Variant) -> dict:
     if case.mode == "approx":
-        return measure_approx(case, variant)
-    if case.mode == "task":
-        return measure_task(case, variant)
-    raise ValueError(f"mode={case.mode!r}: not an accuracy mode")
+        metrics = measure_approx(case, variant)
+    elif case.mode == "task":
+        metrics = measure_task(case, variant)
+    else:
+        raise ValueError(f"mode={case.mode!r}: not an accuracy mode")
+    # These modes run the kernel ``auto`` picks (the suite refuses any other): say which.
+    metrics["kernel"] = case.resolved_kernel
+    return metrics

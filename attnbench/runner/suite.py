@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnbench.runner.case import DEVICES, DTYPES, FRAMEWORKS, MODES, Case
-from attnbench.spec import FRAMEWORK_KERNELS, LSH_KERNELS, default_n_buckets
+from attnbench.spec import FRAMEWORK_KERNELS, LSH_KERNELS, default_n_buckets, resolve_kernel
 from attnbench.variants import VARIANTS, load_plugin
 
 CASE_FIELDS = {f.name: f for f in dataclasses.fields(Case)}
@@ -280,6 +280,12 @@ def _check_kernel(fields: dict, bad) -> None:
     if kernel not in ("auto", "portable") and fields.get("device", "cpu") == "cpu":
         bad("kernel", "runs on CUDA only (on the CPU a fused kernel runs only in its "
             "interpreter, for tests; use auto or portable)")
+    device_type = fields.get("device", "cpu").partition(":")[0]
+    if fields["mode"] in ("approx", "task") and kernel != "auto" and (
+            resolve_kernel(kernel, fields["framework"], device_type)
+            != resolve_kernel("auto", fields["framework"], device_type)):
+        bad("kernel", f"is not what mode {fields['mode']!r} runs: accuracy modes use the "
+            "kernel auto picks for the device")
 
 
 def _contract(entry, key: str, fail) -> dict:

@@ -158,6 +158,8 @@ def test_kernel_auto_resolves_per_framework_and_device_and_is_one_case_with_its_
                            r"triton\)"),
     ({"kernel": "triton"}, r"kernel: 'triton' runs on CUDA only"),
     ({"kernel": "cuda"}, r"kernel: 'cuda' must be one of auto, portable, triton, pallas"),
+    ({"mode": "approx", "device": "cuda", "kernel": "portable"},
+     r"kernel: 'portable' is not what mode 'approx' runs"),
 ])
 def test_kernel_errors_name_the_value_and_the_rule(axes, message):
     with pytest.raises(SuiteError, match=message):
