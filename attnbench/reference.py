@@ -3,8 +3,8 @@
 Written for clarity, not speed. LSH attention is computed here by a different route from the fast
 implementations: the sort-and-chunk procedure is only used to *count* how often each key lands
 in each query's windows (over all rounds), and the output is then one dense softmax in which a key
-counted ``n`` times carries weight ``n``. That is exactly what the per-round log-sum-exp
-combination computes (ARCHITECTURE §2), so agreement between the two routes is a real check.
+counted ``n`` times carries weight ``n``. That is exactly what the per-round log-sum-exp combination
+computes (docs/architecture.md §2), so agreement between the two routes is a real check.
 
 Every attention function returns the output and, given an output cotangent, ``*_vjp`` returns the
 input gradients; buckets (and with them the counts) are constants, as in every implementation.

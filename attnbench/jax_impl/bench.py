@@ -29,6 +29,7 @@ import numpy as np
 from attnbench.jax_impl.common import resolve_device
 from attnbench.jax_impl.full_attention import (
     full_self_attention,
+    fused_kernel,
     init_full_self_attention,
     init_shared_qk_self_attention,
     shared_qk_self_attention,
@@ -137,6 +138,9 @@ def make_step(case, variant: Variant) -> Step:
         "framework_version": jax.__version__,
         "n_params": int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params))),
         "kernel": case.resolved_kernel if variant.hashed else None,  # the LSH kernel that ran
+        "full_attention_kernel": (fused_kernel(dtype, device.platform)
+                                  if variant.attention == "full" and variant.impl == "fused"
+                                  else None),
         # GPU repeats run back to back: the L2 cache is warm (not flushed between calls)
         "l2_cache": "warm" if device.platform != "cpu" else None,
         "lower_s": lower_s,

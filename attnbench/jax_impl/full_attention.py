@@ -24,9 +24,18 @@ from attnbench.jax_impl.common import (
 from attnbench.spec import AttentionSpec
 
 
+def fused_kernel(dtype, platform: str) -> str:
+    """The ``jax.nn.dot_product_attention`` implementation ``impl='fused'`` runs: cuDNN's
+    fused (flash) attention on a GPU for 16-bit inputs (it has no float32), else XLA's."""
+    if platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla"
+
+
 def full_attention(q, k, v, *, causal: bool, impl: str = "naive"):
     """softmax(Q K^T / sqrt(d)) V. ``naive`` materialises the L x L matrix; ``fused`` calls
-    ``jax.nn.dot_product_attention`` (XLA's implementation)."""
+    ``jax.nn.dot_product_attention`` with the implementation :func:`fused_kernel` names (by the
+    default backend; an implementation that cannot take the call is an error)."""
     check_qkv({"q": q, "k": k}, same_d=True)
     check_qkv({"q": q, "v": v}, same_d=False)
     if impl == "fused":
@@ -37,7 +46,9 @@ def full_attention(q, k, v, *, causal: bool, impl: str = "naive"):
         def heads_last(x):
             return jnp.swapaxes(x, 1, 2)  # (B, L, H, d)
         out = jax.nn.dot_product_attention(heads_last(q), heads_last(k), heads_last(v),
-                                           is_causal=causal, implementation="xla")
+                                           is_causal=causal,
+                                           implementation=fused_kernel(q.dtype,
+                                                                       jax.default_backend()))
         return heads_last(out)
     if impl != "naive":
         raise ValueError(f"impl={impl!r}: must be 'naive' or 'fused'")

@@ -20,7 +20,7 @@ PACKAGES = ("attnbench", "numpy", "torch", "jax", "jaxlib", "optax", "pandas", "
             "pytest-benchmark", "nvidia-ml-py")
 # Settings that change what a measurement means (threads, allocators, XLA, TF32).
 ENV_PREFIXES = ("XLA_", "JAX_", "TF_", "CUDA_", "PYTORCH_", "TORCH_", "NVIDIA_TF32",
-                "OMP_", "MKL_", "OPENBLAS_")
+                "OMP_", "MKL_", "OPENBLAS_", "TRITON_")
 
 _PROBE = r"""
 import json, sys

@@ -192,6 +192,17 @@ def _pytest_benchmark_row(run_id: str, bench: dict[str, Any]) -> dict[str, Any]:
 _MODE_ABBREV = {"forward": "fwd", "forward-backward": "fb", "train-step": "train"}
 
 
+def _resolved_kernel(case: dict[str, Any]) -> str | None:
+    """The LSH kernel a stored case ran (as Case.resolved_kernel; None if it cannot say)."""
+    from attnbench.spec import resolve_kernel
+
+    try:
+        return resolve_kernel(case["kernel"], case["framework"],
+                              str(case.get("device", "cpu")).partition(":")[0])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def case_label(case: dict[str, Any]) -> str:
     """``lsh/torch fb L=4096 h=4``, tolerant of missing fields (as Case.label, for dicts)."""
     mode = case.get("mode", "?")
@@ -203,6 +214,9 @@ def case_label(case: dict[str, Any]) -> str:
         parts.append(f"depth={case['depth']}")
     if case.get("n_hashes") is not None:
         parts.append(f"h={case['n_hashes']}")
+    kernel = _resolved_kernel(case)
+    if kernel not in (None, "portable"):
+        parts.append(kernel)
     if case.get("n_buckets") is not None and case.get("mode") == "approx":
         parts.append(f"b={case['n_buckets']}")
     options = case.get("options") or {}

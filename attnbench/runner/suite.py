@@ -316,8 +316,8 @@ def _contract(entry, key: str, fail) -> dict:
 
 
 def order_cases(cases: Iterable[Case]) -> list[Case]:
-    """Series in the order they first appear; within a series, cheapest first (fewest tokens,
-    then shortest), so an out-of-memory length stops the longer ones before they start."""
+    """Series in the order they first appear; within a series, cheapest first (shortest, then
+    fewest tokens), so an out-of-memory length stops the longer ones before they start."""
     series: dict[str, list[Case]] = {}
     for case in cases:
         series.setdefault(case.series_key(), []).append(case)

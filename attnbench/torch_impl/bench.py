@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from attnbench.measure.memory import CpuMemory, TorchCudaMemory
 from attnbench.torch_impl.common import resolve_device
+from attnbench.torch_impl.full_attention import fused_kernel
 from attnbench.torch_impl.model import LanguageModel, make_attention
 from attnbench.variants import Variant, attention_spec, model_spec
 
@@ -105,6 +106,9 @@ def make_step(case, variant: Variant) -> Step:
         "framework_version": torch.__version__,
         "n_params": sum(p.numel() for p in params),
         "kernel": case.resolved_kernel if variant.hashed else None,  # the LSH kernel that ran
+        "full_attention_kernel": (fused_kernel(dtype, device.type)
+                                  if variant.attention == "full" and variant.impl == "fused"
+                                  else None),
         # GPU repeats run back to back: the L2 cache is warm (not flushed between calls)
         "l2_cache": "warm" if device.type != "cpu" else None,
     }

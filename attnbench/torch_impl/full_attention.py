@@ -22,14 +22,32 @@ from attnbench.torch_impl.common import (
 )
 
 
+def fused_kernel(dtype: torch.dtype, device_type: str) -> str:
+    """The SDPA kernel ``impl='fused'`` runs: on CUDA FlashAttention for 16-bit inputs and the
+    memory-efficient kernel for float32 (flash has no float32), pinned so torch cannot pick
+    another; on the CPU torch's own fused CPU kernel."""
+    if device_type != "cuda":
+        return "cpu"
+    return "flash" if dtype in (torch.bfloat16, torch.float16) else "efficient"
+
+
 def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
                    impl: str = "naive") -> torch.Tensor:
     """softmax(Q K^T / sqrt(d)) V. ``naive`` materialises the L x L matrix; ``fused`` calls
-    ``scaled_dot_product_attention`` (whichever kernel torch picks for the device)."""
+    ``scaled_dot_product_attention`` with the kernel :func:`fused_kernel` names (on CUDA a
+    kernel that cannot take the call is an error, not another kernel)."""
     check_qkv({"q": q, "k": k}, same_d=True)
     check_qkv({"q": q, "v": v}, same_d=False)
     if impl == "fused":
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        kernel = fused_kernel(q.dtype, q.device.type)
+        if kernel == "cpu":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = {"flash": SDPBackend.FLASH_ATTENTION,
+                   "efficient": SDPBackend.EFFICIENT_ATTENTION}[kernel]
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     if impl != "naive":
         raise ValueError(f"impl={impl!r}: must be 'naive' or 'fused'")
     dtype = logits_dtype(q)

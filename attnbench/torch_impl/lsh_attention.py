@@ -1,7 +1,8 @@
 """LSH attention (Reformer): hash, sort by bucket, attend within chunks, unsort, combine rounds.
 
-Reads top to bottom as the algorithm (ARCHITECTURE §2). Shapes: qk [B, H, L, dh], v [B, H, L, dv],
-rotations [H, dh, n_hashes, n_buckets // 2], buckets [B, H, n_hashes, L] (int32, no round offset).
+Reads top to bottom as the algorithm (docs/architecture.md §2). Shapes: qk [B, H, L, dh],
+v [B, H, L, dv], rotations [H, dh, n_hashes, n_buckets // 2], buckets [B, H, n_hashes, L]
+(int32, no round offset).
 The chunked attention core is one custom autograd function that keeps the inputs, the sorted keys
 and values, the output and per-row softmax statistics, and recomputes probabilities block by
 block in the backward (as flash attention does): memory grows with ``n_hashes * L * d`` and never

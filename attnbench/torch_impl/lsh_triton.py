@@ -268,6 +268,9 @@ def _check_device(device: torch.device) -> None:
         raise RuntimeError("kernel 'triton' got CPU tensors but the Triton interpreter is off: "
                            "set TRITON_INTERPRET=1 in the environment before triton is first "
                            "imported, or use CUDA tensors")
+    if device.type == "cuda" and interpreting():
+        raise RuntimeError("kernel 'triton' got CUDA tensors but TRITON_INTERPRET=1 is set: it "
+                           "would run in the interpreter, not compiled; unset it to measure")
     if device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"device={device}: kernel 'triton' runs on CUDA, or on the CPU under "
                            f"the Triton interpreter")

@@ -110,6 +110,12 @@ def test_pallas_kernel_matches_reference(rng, jax_device, heads, length, d_head,
     assert_close(d_v, ref_dv, "float32", "d_v")
 
 
+def test_fused_full_attention_implementation_per_backend_and_dtype():
+    assert jfa.fused_kernel(jnp.bfloat16, "gpu") == jfa.fused_kernel(jnp.float16, "gpu") == "cudnn"
+    assert jfa.fused_kernel(jnp.float32, "gpu") == "xla"  # cuDNN's flash has no float32
+    assert jfa.fused_kernel(jnp.bfloat16, "cpu") == "xla"
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_pallas_kernel_in_low_precision_matches_reference(rng, dtype):
     low = getattr(jnp, dtype)

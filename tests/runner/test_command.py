@@ -97,6 +97,9 @@ def test_smoke_suite_end_to_end(tmp_path):
             # the LSH kernel that ran, on the CPU the portable core; None without LSH
             hashed = r["case"]["n_hashes"] is not None
             assert m["kernel"] == ("portable" if hashed else None), (r["case"], m["kernel"])
+            fused = r["case"]["variant"] in ("full-fused", "transformer")
+            expected = {"torch": "cpu", "jax": "xla"}[r["case"]["framework"]] if fused else None
+            assert m["full_attention_kernel"] == expected, r["case"]
         elif r["case"]["mode"] == "approx":
             assert 0 <= m["approx_recall"] <= 1
         else:

@@ -84,6 +84,14 @@ def test_lsh_attention_matches_reference(rng, device, dtype, causal, length, d_h
     assert_close(np64(v.grad), d_v, dtype, "d_v")
 
 
+def test_fused_full_attention_kernel_is_pinned_per_device_and_dtype():
+    from attnbench.torch_impl.full_attention import fused_kernel
+
+    assert fused_kernel(torch.bfloat16, "cuda") == fused_kernel(torch.float16, "cuda") == "flash"
+    assert fused_kernel(torch.float32, "cuda") == "efficient"  # flash has no float32
+    assert fused_kernel(torch.float32, "cpu") == "cpu"
+
+
 @pytest.fixture
 def interpreted(device):
     """The device, where the Triton kernels can run: on the CPU only in a process whose
