@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from attnbench.runner.suite import load_suite
+from attnbench.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -97,7 +98,8 @@ def test_smoke_suite_end_to_end(tmp_path):
             # the LSH kernel that ran, on the CPU the portable core; None without LSH
             hashed = r["case"]["n_hashes"] is not None
             assert m["kernel"] == ("portable" if hashed else None), (r["case"], m["kernel"])
-            fused = r["case"]["variant"] in ("full-fused", "transformer")
+            variant = VARIANTS[r["case"]["variant"]]
+            fused = variant.attention == "full" and variant.impl == "fused"
             expected = {"torch": "cpu", "jax": "xla"}[r["case"]["framework"]] if fused else None
             assert m["full_attention_kernel"] == expected, r["case"]
         elif r["case"]["mode"] == "approx":
