@@ -11,12 +11,14 @@ about where it ran, including XLA's compiled memory analysis. The step of each m
   and the weights; models, the gradient of the next-token cross-entropy;
 - ``train-step``: forward, backward and an ``optax.adam`` update.
 
-A new PRNG key is passed each step (LSH draws fresh rotations each step, as in torch).
+Each call gets a fresh PRNG key, fold_in(seed key, call number), derived inside the compiled step
+(LSH draws fresh rotations each step, as in torch), so a step can be called any number of times.
 Mirrors :mod:`attnbench.torch_impl.bench`.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -85,9 +87,8 @@ def make_step(case, variant: Variant) -> Step:
                 logits = language_model(params, inputs, spec=spec, key=key, train=train)
                 return language_model_loss(logits, inputs)
 
-        steps = case.warmup + case.max_repeats
-        keys = list(jax.random.split(jax.random.key(case.seed + 1), steps))
-    params, inputs, keys = jax.device_put((params, inputs, keys), device)
+        base_key = jax.random.key(case.seed + 1)
+    params, inputs, base_key = jax.device_put((params, inputs, base_key), device)
 
     state: tuple = ()
     if case.mode == "forward":
@@ -112,13 +113,22 @@ def make_step(case, variant: Variant) -> Step:
     else:
         raise ValueError(f"mode={case.mode!r}: not a timed mode")
 
+    def keyed(*step_args):
+        """The step with call number ``index`` as its last argument: its key is
+        fold_in(base key, index), so any number of calls gets fresh, reproducible keys."""
+        *rest, index = step_args
+        return fn(*rest, jax.random.fold_in(base_key, index))
+
     t0 = time.perf_counter()
-    lowered = jax.jit(fn).lower(*args, keys[0])
+    lowered = jax.jit(keyed).lower(*args, np.int32(0))
     lower_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
-    next_key = iter(keys).__next__
+    calls = itertools.count()
+
+    def next_key():
+        return np.int32(next(calls))
 
     if case.mode == "train-step":
         carry = {"params": params, "opt": state[0]}

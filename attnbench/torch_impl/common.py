@@ -74,4 +74,8 @@ def resolve_device(name: str) -> torch.device:
     if not torch.cuda.is_available():
         raise RuntimeError(f"device={name!r} asked but torch {torch.__version__} sees no CUDA "
                            f"device; not measuring on the CPU instead")
+    index = int(name.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"device={name!r} asked but torch sees {torch.cuda.device_count()} "
+                           f"GPU(s)")
     return torch.device(name)

@@ -31,3 +31,14 @@ def test_cpu_and_missing_gpu(framework):
         assert "cuda:999" in str(exc) and ("CPU instead" in str(exc) or "GPU(s)" in str(exc))
     else:
         pytest.fail("cuda:999 resolved on a machine with fewer than 1000 GPUs")
+
+
+def test_torch_refuses_a_cuda_index_it_does_not_have(monkeypatch):
+    """As JAX's resolver does: cuda:N beyond the device count is an error, not a later crash."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve("torch")("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(RuntimeError, match=r"device='cuda:1' asked but torch sees 1 GPU\(s\)"):
+        resolve("torch")("cuda:1")
