@@ -31,10 +31,6 @@ COMMANDS = {
 }
 
 
-def _list_arguments(p):
-    pass
-
-
 def _list(args) -> int:
     from attnbench.runner.command import shipped_suites
     from attnbench.variants import describe
@@ -55,7 +51,7 @@ def _env_arguments(p):
 def _env(args) -> int:
     from attnbench.measure.environment import capture
 
-    print(json.dumps(capture(probe_frameworks=not args.no_frameworks), indent=2))
+    print(json.dumps(capture(probe_frameworks=not args.no_frameworks).to_dict(), indent=2))
     return 0
 
 
@@ -65,18 +61,19 @@ def _export_arguments(p):
 
 
 def _export(args) -> int:
-    from attnbench.store import StoreError, write_csv
+    from attnbench.runs import SourceError, load_source, write_results_csv
 
     try:
-        n = write_csv(args.run_dir, args.csv)
-    except StoreError as exc:
+        n = write_results_csv([load_source(args.run_dir)], args.csv)
+    except SourceError as exc:
         print(f"attnbench export: error: {exc}", file=sys.stderr)
         return 2
     print(f"{n} row(s) -> {args.csv}", file=sys.stderr)
     return 0
 
 
-_LOCAL = {"list": (_list_arguments, _list), "env": (_env_arguments, _env),
+# command -> (add_arguments or None, run) for the commands this module implements.
+_LOCAL = {"list": (None, _list), "env": (_env_arguments, _env),
           "export": (_export_arguments, _export)}
 
 
@@ -88,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name in _LOCAL:
-            _LOCAL[name][0](p)
+            if _LOCAL[name][0] is not None:
+                _LOCAL[name][0](p)
         else:
             try:
                 importlib.import_module(module).add_arguments(p)

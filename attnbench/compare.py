@@ -13,11 +13,16 @@ or two suites pairs up). For each pair:
   exceed ``--max-mem-ratio`` and the difference ``--min-mem-delta-mb``.
 * status: a case that was ``ok`` in the base and is anything else in the head (``oom``,
   ``timeout``, ``error``, ``skipped``) is a regression.
+* noise: when either side's case is marked ``unstable`` (its spread stayed above target, or
+  the machine was busy while it ran: :mod:`attnbench.measure.machine`), a time change is
+  ``inconclusive``, never a regression or an improvement, and the row says which side and why.
+  Memory and status are judged as usual (neither depends on the machine's load).
 
 A case present on one side only is listed as such (a failure with ``--fail-on-missing``).
-Exit status: 0 no regression, 1 a regression (or a missing case with ``--fail-on-missing``),
-2 an input that cannot be read. Either side may be a run directory or a pytest-benchmark JSON
-file.
+Exit status: 0 no regression, 1 a regression, a missing case with ``--fail-on-missing``, or
+no pair at all (nothing compared is not a pass), 2 an input that is not a run. Either side
+may be a run directory or a pytest-benchmark JSON file (attnbench's fixture records each
+benchmark's case_id, so its rows pair with a run's).
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from attnbench.report.sources import case_label, latest_per_case, load_source, row_case, row_metrics
+from attnbench.runs import latest_per_case, load_source, row_label, row_metrics
+from attnbench.units import format_seconds
 
 REGRESSION, IMPROVEMENT, UNCHANGED = "regression", "improvement", "unchanged"
+INCONCLUSIVE = "inconclusive"  # a timing change where either side was marked unstable
 ONLY_BASE, ONLY_HEAD = "only in base", "only in head"
 
 
@@ -49,7 +56,7 @@ class Thresholds:
 class CaseComparison:
     case_id: str
     label: str
-    verdict: str                               # regression | improvement | unchanged | only ...
+    verdict: str            # regression | improvement | inconclusive | unchanged | only in ...
     base_status: str | None = None
     head_status: str | None = None
     base_time_s: float | None = None
@@ -193,6 +200,11 @@ def _compare_memory(c: CaseComparison, base: dict, head: dict, t: Thresholds) ->
     return UNCHANGED
 
 
+def _why_unstable(row: dict[str, Any]) -> str:
+    reasons = row_metrics(row).get("unstable_reasons")
+    return "; ".join(map(str, reasons)) if isinstance(reasons, list) and reasons else "unstable"
+
+
 def compare_rows(base_rows: list[dict[str, Any]], head_rows: list[dict[str, Any]],
                  thresholds: Thresholds = Thresholds()) -> list[CaseComparison]:
     """One comparison per case present in either run, regressions first."""
@@ -201,7 +213,7 @@ def compare_rows(base_rows: list[dict[str, Any]], head_rows: list[dict[str, Any]
     results = []
     for case_id in list(base) + [k for k in head if k not in base]:
         b, h = base.get(case_id), head.get(case_id)
-        label = case_label(row_case(h if b is None else b))
+        label = row_label(h if b is None else b)
         c = CaseComparison(case_id=str(case_id), label=label, verdict=UNCHANGED,
                            base_status=b and b.get("status"), head_status=h and h.get("status"))
         if b is None or h is None:
@@ -215,27 +227,28 @@ def compare_rows(base_rows: list[dict[str, Any]], head_rows: list[dict[str, Any]
             c.reasons.append(f"status {c.base_status} -> ok")
             c.verdict = IMPROVEMENT
         if c.base_status == "ok" and c.head_status == "ok":
-            verdicts = {_compare_time(c, row_metrics(b), row_metrics(h), thresholds),
+            time_verdict = _compare_time(c, row_metrics(b), row_metrics(h), thresholds)
+            unstable = [side for side, row in (("base", b), ("head", h))
+                        if row_metrics(row).get("unstable")]
+            if unstable and time_verdict != UNCHANGED:
+                c.reasons[-1] += (f": inconclusive, {' and '.join(unstable)} marked unstable ("
+                                  + "; ".join(_why_unstable(r) for r in (b, h)
+                                              if row_metrics(r).get("unstable")) + ")")
+                time_verdict = INCONCLUSIVE
+            verdicts = {time_verdict,
                         _compare_memory(c, row_metrics(b), row_metrics(h), thresholds)}
             c.verdict = (REGRESSION if REGRESSION in verdicts else
-                         IMPROVEMENT if IMPROVEMENT in verdicts else UNCHANGED)
+                         IMPROVEMENT if IMPROVEMENT in verdicts else
+                         INCONCLUSIVE if INCONCLUSIVE in verdicts else UNCHANGED)
         results.append(c)
-    order = {REGRESSION: 0, IMPROVEMENT: 1, ONLY_BASE: 2, ONLY_HEAD: 3, UNCHANGED: 4}
+    order = {REGRESSION: 0, IMPROVEMENT: 1, INCONCLUSIVE: 2, ONLY_BASE: 3, ONLY_HEAD: 4,
+             UNCHANGED: 5}
     return sorted(results, key=lambda c: order[c.verdict])
 
 
 # --------------------------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------------------------
-
-
-def format_seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value / 1e-9:.3g} ns"
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -268,8 +281,9 @@ def format_table(comparisons: list[CaseComparison], fmt: str = "text") -> str:
 
 def summary_line(comparisons: list[CaseComparison]) -> str:
     counts = {v: sum(c.verdict == v for c in comparisons)
-              for v in (REGRESSION, IMPROVEMENT, UNCHANGED, ONLY_BASE, ONLY_HEAD)}
-    return ", ".join(f"{n} {v}" + ("s" if n != 1 and not v.startswith("only") else "")
+              for v in (REGRESSION, IMPROVEMENT, INCONCLUSIVE, UNCHANGED, ONLY_BASE, ONLY_HEAD)}
+    plural = (REGRESSION, IMPROVEMENT)  # "unchanged" and "only in ..." do not take an s
+    return ", ".join(f"{n} {v}" + ("s" if n != 1 and v in plural else "")
                      for v, n in counts.items())
 
 
@@ -301,6 +315,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default %(default)s)")
     parser.add_argument("--fail-on-missing", action="store_true",
                         help="a case present in only one run fails the comparison")
+    parser.add_argument("--fail-on-inconclusive", action="store_true",
+                        help="a time change that cannot be judged (a side marked unstable) "
+                             "fails the comparison")
     parser.add_argument("--format", choices=("text", "markdown"), default="text",
                         help="table format (markdown for a pull-request comment)")
     parser.add_argument("--output", "-o", help="also write the table to this file")
@@ -312,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         base, head = load_source(args.base), load_source(args.head)
     except ValueError as exc:
-        print(f"attnbench compare: {exc}", file=sys.stderr)
+        print(f"attnbench compare: error: {exc}", file=sys.stderr)
         return 2
     thresholds = Thresholds(max_time_ratio=args.max_time_ratio, max_mem_ratio=args.max_mem_ratio,
                             alpha=args.alpha, min_time_delta_s=args.min_time_delta_s,
@@ -327,4 +344,13 @@ def run(args: argparse.Namespace) -> int:
             f.write(text)
     regressed = any(c.verdict == REGRESSION for c in comparisons)
     missing = any(c.verdict in (ONLY_BASE, ONLY_HEAD) for c in comparisons)
-    return 1 if regressed or (missing and args.fail_on_missing) else 0
+    if not any(c.verdict not in (ONLY_BASE, ONLY_HEAD) for c in comparisons):
+        print(f"attnbench compare: error: nothing was compared: no case of {args.head} pairs "
+              f"with one of {args.base} (cases pair by case_id)", file=sys.stderr)
+        return 1
+    inconclusive = sum(c.verdict == INCONCLUSIVE for c in comparisons)
+    if inconclusive:
+        print(f"attnbench compare: {inconclusive} time change(s) inconclusive: a side was "
+              "marked unstable (see 'why'); measure again on a quiet machine", file=sys.stderr)
+    return 1 if (regressed or (missing and args.fail_on_missing)
+                 or (inconclusive and args.fail_on_inconclusive)) else 0

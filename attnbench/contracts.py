@@ -1,166 +1,41 @@
-"""Same-run ratio contracts: ``attnbench check RUN``.
+"""``attnbench check RUN``: evaluate a run's same-run ratio contracts (:mod:`attnbench.ratios`).
 
-A suite states what it expects as ratios of two of its own cases, measured in the same run (so
-the claim transfers across machines), e.g.::
-
-    {"name": "LSH-1 fwd+bwd at 4096 <= 0.5x full", "metric": "time_median_s",
-     "numerator": {"variant": "lsh", "n_hashes": 1, "length": 4096, "mode": "forward-backward"},
-     "denominator": {"variant": "full-fused", "length": 4096, "mode": "forward-backward"},
-     "max_ratio": 0.5}
-
-``min_ratio`` may stand instead of or beside ``max_ratio``. A selector matches a row when every
-key it names equals the row's case field (a key that is not a case field is looked up in the
-case's ``options``). Each selector must match exactly one row and that row must be ``ok``;
-otherwise the contract fails with a message saying what was missing, ambiguous or not ok (an
-OOM'd numerator is a violation, its status named). The suite parser validates the syntax;
-this module only evaluates.
+Exit status: 0 every contract holds, 1 one is violated or cannot be evaluated, or the suite
+states none (nothing was checked is not a pass: a CI gate whose contracts disappeared must
+fail; ``--allow-no-contracts`` accepts it), 2 an input that is not a run.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 
-from attnbench.report.sources import case_label, latest_per_case, load_source, row_case, row_metrics
-
-
-@dataclass(frozen=True)
-class ContractResult:
-    name: str
-    passed: bool
-    message: str                      # what was measured, or why it could not be
-    metric: str | None = None
-    ratio: float | None = None        # numerator / denominator when both were measured
-    numerator_value: float | None = None
-    denominator_value: float | None = None
-    numerator_label: str | None = None
-    denominator_label: str | None = None
-    max_ratio: float | None = None
-    min_ratio: float | None = None
-
-    @property
-    def bound(self) -> str:
-        parts = []
-        if self.min_ratio is not None:
-            parts.append(f">= {self.min_ratio:g}")
-        if self.max_ratio is not None:
-            parts.append(f"<= {self.max_ratio:g}")
-        return " and ".join(parts) or "(no bound)"
-
-
-class _SelectionFailed(Exception):
-    pass
-
-
-def selector_matches(selector: dict[str, Any], case: dict[str, Any]) -> bool:
-    options = case.get("options") if isinstance(case.get("options"), dict) else {}
-    for key, want in selector.items():
-        if key in case:
-            have = case[key]
-        elif key in options:
-            have = options[key]
-        else:
-            return False
-        if have != want:
-            return False
-    return True
-
-
-def _describe(selector: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}={v!r}" for k, v in selector.items()) + "}"
-
-
-def _select(rows: list[dict[str, Any]], selector: dict[str, Any], role: str) -> dict[str, Any]:
-    if not isinstance(selector, dict) or not selector:
-        raise _SelectionFailed(f"{role} selector is missing or empty")
-    matches = [row for row in rows if selector_matches(selector, row_case(row))]
-    if not matches:
-        raise _SelectionFailed(f"no case matches {role} {_describe(selector)}")
-    if len(matches) > 1:
-        labels = ", ".join(case_label(row_case(r)) for r in matches[:6])
-        more = f" and {len(matches) - 6} more" if len(matches) > 6 else ""
-        raise _SelectionFailed(f"{role} {_describe(selector)} is ambiguous: it matches "
-                               f"{len(matches)} cases ({labels}{more}); name more fields")
-    row = matches[0]
-    if row.get("status") != "ok":
-        error = row.get("error")
-        detail = f": {str(error).strip().splitlines()[-1]}" if error else ""
-        raise _SelectionFailed(f"{role} {case_label(row_case(row))} is "
-                               f"{row.get('status')}{detail}")
-    return row
-
-
-def _metric_value(row: dict[str, Any], metric: str, role: str) -> float:
-    value = row_metrics(row).get(metric)
-    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
-        raise _SelectionFailed(f"{role} {case_label(row_case(row))} has no {metric}")
-    return float(value)
-
-
-def evaluate_contract(rows: list[dict[str, Any]], contract: dict[str, Any]) -> ContractResult:
-    name = str(contract.get("name") or "unnamed contract")
-    metric = contract.get("metric") or "time_median_s"
-    max_ratio = contract.get("max_ratio")
-    min_ratio = contract.get("min_ratio")
-    common = {"name": name, "metric": metric, "max_ratio": max_ratio, "min_ratio": min_ratio}
-    if max_ratio is None and min_ratio is None:
-        return ContractResult(passed=False, message="neither max_ratio nor min_ratio given",
-                              **common)
-    try:
-        num_row = _select(rows, contract.get("numerator"), "numerator")
-        den_row = _select(rows, contract.get("denominator"), "denominator")
-        num_label, den_label = case_label(row_case(num_row)), case_label(row_case(den_row))
-        num = _metric_value(num_row, metric, "numerator")
-        den = _metric_value(den_row, metric, "denominator")
-        if den == 0:
-            raise _SelectionFailed(f"denominator {den_label} has {metric} = 0")
-    except _SelectionFailed as failed:
-        return ContractResult(passed=False, message=str(failed), **common)
-    ratio = num / den
-    passed = ((max_ratio is None or ratio <= max_ratio)
-              and (min_ratio is None or ratio >= min_ratio))
-    result = ContractResult(passed=passed, message="", ratio=ratio, numerator_value=num,
-                            denominator_value=den, numerator_label=num_label,
-                            denominator_label=den_label, **common)
-    message = (f"{metric}: {num_label} {num:.4g} / {den_label} {den:.4g} = {ratio:.3g} "
-               f"(want {result.bound})")
-    return ContractResult(**{**result.__dict__, "message": message})
-
-
-def evaluate_contracts(rows: Iterable[dict[str, Any]],
-                       contracts: Iterable[dict[str, Any]]) -> list[ContractResult]:
-    """Evaluate every contract on one run's rows (the last row of each case counts)."""
-    rows = latest_per_case(list(rows))
-    return [evaluate_contract(rows, c) for c in contracts]
-
-
-# --------------------------------------------------------------------------------------------
-# attnbench check RUN
-# --------------------------------------------------------------------------------------------
+from attnbench.ratios import evaluate_contracts
+from attnbench.runs import load_source
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Evaluate the same-run ratio contracts of a run's suite; exit 1 "
-                          "when one is violated or cannot be evaluated.")
+                          "when one is violated or cannot be evaluated, or when the suite "
+                          "states none.")
     parser.add_argument("run", help="run directory (reports/runs/<run>)")
-    parser.add_argument("--require-contracts", action="store_true",
-                        help="fail (exit 1) when the run's suite states no contracts")
+    parser.add_argument("--allow-no-contracts", action="store_true",
+                        help="exit 0 when the run's suite states no contracts")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         source = load_source(args.run)
     except ValueError as exc:
-        print(f"attnbench check: {exc}", file=sys.stderr)
+        print(f"attnbench check: error: {exc}", file=sys.stderr)
         return 2
     contracts = source.contracts
     if not contracts:
-        print(f"{source.run_id}: the suite states no contracts")
-        return 1 if args.require_contracts else 0
+        print(f"{source.run_id}: suite {source.suite.name!r} states no contracts: nothing was "
+              "checked" + ("" if args.allow_no_contracts else
+                           " (--allow-no-contracts to accept that)"),
+              file=sys.stderr)
+        return 0 if args.allow_no_contracts else 1
     results = evaluate_contracts(source.rows, contracts)
     for result in results:
         print(f"{'PASS' if result.passed else 'FAIL'}  {result.name}: {result.message}")

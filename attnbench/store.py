@@ -2,9 +2,10 @@
 
 Layout of a run directory (``reports/runs/<run>/`` by default)::
 
-    meta.json       written once when the run starts: schema version, run id, the suite as
-                    parsed (a copy, so the run says what it asked for), the environment
-                    (:mod:`attnbench.measure.environment`), the command line.
+    meta.json       written once when the run starts: a :class:`attnbench.meta.RunMeta`
+                    (schema version, run id, the suite as parsed, so the run says what it
+                    asked for, the environment, the command line), the one schema its
+                    writer and every reader use.
     results.jsonl   one JSON object per finished case, appended (flushed and fsynced) the
                     moment the case ends. A run that is killed keeps every line written;
                     a line cut off by the kill is ignored on reading and the case re-runs.
@@ -47,7 +48,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from attnbench.meta import SCHEMA_VERSION, MetaError, RunMeta
+
 STATUSES = ("ok", "oom", "timeout", "error", "skipped")
 META_FILE = "meta.json"
 RESULTS_FILE = "results.jsonl"
@@ -74,27 +76,29 @@ class RunStore:
     def exists(self) -> bool:
         return self.meta_path.is_file()
 
-    def create(self, meta: dict[str, Any]) -> None:
+    def create(self, meta: RunMeta) -> None:
         """Start a run: write ``meta.json`` (atomically) and an empty ``results.jsonl``."""
         self.path.mkdir(parents=True, exist_ok=True)
-        meta = {"schema": SCHEMA_VERSION, **meta}
         tmp = self.meta_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
         os.replace(tmp, self.meta_path)
         self.results_path.touch()
 
-    def read_meta(self) -> dict[str, Any]:
+    def read_meta(self) -> RunMeta:
         try:
-            meta = json.loads(self.meta_path.read_text())
-        except FileNotFoundError:
+            data = json.loads(self.meta_path.read_text())
+        except (FileNotFoundError, NotADirectoryError):
             raise StoreError(f"{self.path}: not a run directory (no {META_FILE})") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StoreError(f"{self.meta_path}: not valid JSON ({exc})") from None
-        if meta.get("schema") != SCHEMA_VERSION:
+        if isinstance(data, dict) and data.get("schema") != SCHEMA_VERSION:
             raise StoreError(
-                f"{self.meta_path}: schema {meta.get('schema')!r}, this attnbench reads "
+                f"{self.meta_path}: schema {data.get('schema')!r}, this attnbench reads "
                 f"schema {SCHEMA_VERSION}")
-        return meta
+        try:
+            return RunMeta.from_dict(data, str(self.meta_path))
+        except (MetaError, TypeError) as exc:
+            raise StoreError(str(exc)) from None
 
     def append(self, row: dict[str, Any]) -> None:
         """Append one result row and make it durable before returning."""
@@ -133,45 +137,3 @@ class RunStore:
 
     def done_ids(self) -> set[str]:
         return {row["case_id"] for row in self.rows()}
-
-
-def flatten(row: dict[str, Any]) -> dict[str, Any]:
-    """One tidy record: case fields, then status/error, then metrics, all top-level.
-
-    List-valued metrics (``time_samples_s``) are kept as lists; CSV writers serialise them.
-    """
-    flat: dict[str, Any] = {"run_id": row.get("run_id"), "case_id": row.get("case_id")}
-    flat.update(row.get("case", {}))
-    flat["status"] = row.get("status")
-    flat["error"] = row.get("error")
-    flat["wall_s"] = row.get("wall_s")
-    flat.update(row.get("metrics", {}))
-    return flat
-
-
-def load_frame(*run_dirs: str | os.PathLike):
-    """The rows of one or several runs as a pandas DataFrame (one row per case and run)."""
-    try:
-        import pandas as pd
-    except ImportError:
-        raise ImportError("reading runs as tables needs pandas: pip install 'attnbench[report]'") \
-            from None
-    records = [flatten(row) for d in run_dirs for row in RunStore(d).rows()]
-    return pd.DataFrame.from_records(records)
-
-
-def write_csv(run_dir: str | os.PathLike, path: str | os.PathLike) -> int:
-    """Export a run's rows as CSV (lists as JSON text); returns the row count."""
-    import csv
-
-    rows = [flatten(r) for r in RunStore(run_dir).rows()]
-    columns: list[str] = []
-    for r in rows:
-        columns.extend(k for k in r if k not in columns)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v
-                             for k, v in r.items()})
-    return len(rows)

@@ -24,6 +24,9 @@ from attnbench.spec import AttentionSpec, FeedForwardSpec, ModelSpec
 
 LAYER_MODES = ("forward", "forward-backward", "approx")
 MODEL_MODES = ("forward", "forward-backward", "train-step", "task")
+# What a plugin layer (another library's module) can be measured in: its own forward and
+# backward. approx compares attnbench's LSH core with exact attention, which a plugin is not.
+PLUGIN_MODES = ("forward", "forward-backward")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class Variant:
 
     @property
     def modes(self) -> tuple[str, ...]:
+        """The modes this variant implements; a suite asking for another is rejected."""
+        if self.build is not None:
+            return PLUGIN_MODES
         if self.kind == "layer":
             return LAYER_MODES if self.hashed else ("forward", "forward-backward")
         return MODEL_MODES

@@ -13,14 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from attnbench.store import RunStore
-
-
-def _latest(rows):
-    latest = {}
-    for row in rows:
-        latest[row["case_id"]] = row
-    return list(latest.values())
+from attnbench.runs import load_source
 
 
 def _time(row):
@@ -41,7 +34,7 @@ def _fmt(seconds, status):
 
 
 def main(run_dir: str) -> int:
-    rows = _latest(RunStore(run_dir).rows())
+    rows = load_source(run_dir).rows
     lines = [f"# gpu-check summary: {run_dir}", ""]
     counts = {}
     for r in rows:

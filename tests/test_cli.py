@@ -31,3 +31,30 @@ def test_help_of_every_command_loads_neither_framework(command):
                          check=True)
     assert out.stdout.strip().endswith("False False False"), out.stdout + out.stderr
     assert "usage: attnbench " + command in out.stdout
+
+
+def _not_runs(tmp_path):
+    """Paths that are not runs, each as a user might pass one."""
+    empty = tmp_path / "empty-dir"
+    empty.mkdir()
+    stray = tmp_path / "stray-dir"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("not a run")
+    text = tmp_path / "notes.json"
+    text.write_text('{"a": 1}')
+    return {"missing": tmp_path / "missing", "empty directory": empty,
+            "directory of other files": stray, "other JSON": text}
+
+
+@pytest.mark.parametrize("command", ["export", "report", "compare", "check"])
+def test_every_command_refuses_a_path_that_is_not_a_run(command, tmp_path, capsys):
+    """exit 2 and a message naming the path; export writes no CSV."""
+    for what, path in _not_runs(tmp_path).items():
+        argv = {"export": ["export", str(path), "--csv", str(tmp_path / "out.csv")],
+                "report": ["report", str(path), "-o", str(tmp_path / "report")],
+                "compare": ["compare", str(path), str(path)],
+                "check": ["check", str(path)]}[command]
+        assert main(argv) == 2, what
+        err = capsys.readouterr().err
+        assert str(path) in err and "error" in err, (what, err)
+        assert not (tmp_path / "out.csv").exists(), what

@@ -117,6 +117,14 @@ def test_benchmark_json_carries_memory_work_case_compile_and_accuracy(pytester, 
     assert jax_info["compile_s"] > 0 and jax_info["lower_s"] > 0, jax_info
     assert jax_info["framework_version"]
 
+    # read back as a run, each benchmark is its case under the runner's case_id, so
+    # `attnbench compare RUN bench.json` pairs them
+    from attnbench.runs import load_source
+
+    source = load_source(out)
+    assert {r["case_id"]: Case.from_dict(r["case"]).case_id for r in source.rows} == {
+        b["extra_info"]["case_id"]: b["extra_info"]["case_id"] for b in benchmarks.values()}
+
 
 INNER_DISABLED = '''
 import attnbench.pytest_plugin as plugin

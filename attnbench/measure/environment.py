@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from attnbench.meta import Environment, GitInfo
+
 PACKAGES = ("attnbench", "numpy", "torch", "jax", "jaxlib", "optax", "pandas", "seaborn",
             "pytest-benchmark", "nvidia-ml-py")
 # Settings that change what a measurement means (threads, allocators, XLA, TF32).
@@ -67,7 +69,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, object]:
+def git_commit(cwd: str | os.PathLike | None = None) -> GitInfo:
     """The commit of the attnbench checkout (and whether it had uncommitted changes)."""
     root = Path(cwd) if cwd else Path(__file__).resolve().parents[2]
     try:
@@ -76,9 +78,9 @@ def git_commit(cwd: str | os.PathLike | None = None) -> dict[str, object]:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                cwd=root, capture_output=True, text=True, timeout=10,
                                check=True).stdout.strip() != ""
-        return {"sha": sha, "dirty": dirty}
+        return GitInfo(sha=sha, dirty=dirty)
     except (OSError, subprocess.SubprocessError):
-        return {"sha": None, "dirty": None}
+        return GitInfo()
 
 
 def framework_facts(timeout: float = 120.0) -> dict:
@@ -91,29 +93,29 @@ def framework_facts(timeout: float = 120.0) -> dict:
         return {"error": f"framework probe failed: {type(exc).__name__}: {exc}"}
 
 
-def capture(probe_frameworks: bool = True) -> dict:
+def capture(probe_frameworks: bool = True) -> Environment:
     """Everything a reader needs to know about where a run measured."""
     from attnbench.measure import nvml
 
-    env = {
-        "python": sys.version.split()[0],
-        "executable": sys.executable,
-        "platform": platform.platform(),
-        "hostname": socket.gethostname(),
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+    frameworks = framework_facts() if probe_frameworks else None
+    torch_facts = (frameworks or {}).get("torch") or {}
+    return Environment(
+        python=sys.version.split()[0],
+        executable=sys.executable,
+        platform=platform.platform(),
+        hostname=socket.gethostname(),
+        cpu=cpu_model(),
+        cpu_count=os.cpu_count(),
+        cpu_affinity=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else None,
-        "memory_total_mb": _memory_total_mb(),
-        "packages": package_versions(),
-        "git": git_commit(),
-        "env_vars": {k: v for k, v in sorted(os.environ.items())
-                     if k.startswith(ENV_PREFIXES)},
-        "gpu": nvml.devices(),
-    }
-    if probe_frameworks:
-        env["frameworks"] = framework_facts()
-    return env
+        memory_total_mb=_memory_total_mb(),
+        threads=torch_facts.get("threads"),
+        packages=package_versions(),
+        git=git_commit(),
+        env_vars={k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)},
+        gpu=nvml.devices(),
+        frameworks=frameworks,
+    )
 
 
 def _memory_total_mb() -> float | None:

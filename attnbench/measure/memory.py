@@ -17,7 +17,7 @@ warm-up and compilation, and ``mem_method`` says when that bound the figure. Wor
 
 from __future__ import annotations
 
-MB = 2**20
+from attnbench.units import MB
 
 
 def _proc_status_kb(key: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-MB = 2**20
+from attnbench.units import MB
 
 
 def _nvml():

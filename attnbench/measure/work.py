@@ -17,8 +17,9 @@ not bytes: constant factors (Q, K, V, gradients, framework overheads) are left o
 
 from __future__ import annotations
 
+from attnbench.units import MB
+
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-MB = 2**20
 BACKWARD_FACTOR = {"forward": 1, "forward-backward": 3, "train-step": 3}
 
 

@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from attnbench.report.sources import Source, SourceError, load_sources
+from attnbench.runs import Source, SourceError, load_sources, write_results_csv
 
 SECTIONS_ORDER = ("summary", "contracts", "largest-fit", "figures", "exponents", "failures",
-                  "cases", "environment")
+                  "cases", "environment", "run-details")
 
 
 def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | None = None,
@@ -23,7 +23,7 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | Non
     """Write ``index.html`` and ``results.csv`` into ``out_dir``; returns the HTML path."""
     try:
         from attnbench.report import figures, html, pattern, tables
-        from attnbench.report.frame import tidy_frame, write_results_csv
+        from attnbench.report.frame import tidy_frame
     except ImportError as exc:
         raise ImportError(f"attnbench report needs pandas and seaborn ({exc.name} is "
                           "missing): pip install 'attnbench[report]'") from None
@@ -39,7 +39,8 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | Non
     table = {t.key: t for t in (tables.summary_table(frame), tables.contracts_table(sources),
                                 tables.largest_fit_table(frame), tables.exponents_table(frame),
                                 tables.failures_table(frame), tables.cases_table(frame),
-                                tables.runs_table(sources))}
+                                tables.runs_table(sources),
+                                tables.run_details_table(sources))}
     sections, nav = [], []
     for key in SECTIONS_ORDER:
         if key == "figures":
@@ -51,8 +52,10 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | Non
             nav.append((key, table[key].title))
     title = title or "attnbench report: " + ", ".join(s.run_id for s in sources)
     statuses = frame["status"].value_counts().to_dict() if len(frame) else {}
+    unstable = tables.unstable_count(frame)
     subtitle = (f"{len(sources)} run(s), {len(frame)} case(s) "
-                f"({', '.join(f'{n} {s}' for s, n in statuses.items()) or 'none finished'}); "
+                f"({', '.join(f'{n} {s}' for s, n in statuses.items()) or 'none finished'}"
+                f"{f'; {unstable} marked unstable' if unstable else ''}); "
                 f"generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. "
                 "Data: results.csv beside this file.")
     page = html.render_page(title, subtitle, tables.data_notes(sources, frame), sections, nav)
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sources = load_sources(args.runs)
     except SourceError as exc:
-        print(f"attnbench report: {exc}", file=sys.stderr)
+        print(f"attnbench report: error: {exc}", file=sys.stderr)
         return 2
     out_dir = Path(args.output) if args.output else default_output(sources)
     try:

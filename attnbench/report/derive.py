@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 
-TIMED_MODES = ("forward", "forward-backward", "train-step")
+from attnbench.runner.case import TIMED_MODES
+
 ATTENTION_LAYERS = ("full-naive", "full-fused", "full-shared-qk", "lsh")
 # the baseline each family's speed-up is taken over, first present wins
 LAYER_BASELINES = ("full-fused", "full-naive")

@@ -24,6 +24,7 @@ table { border-collapse: collapse; font-size: .8rem; margin: .5rem 0; }
 th, td { border: 1px solid #ddd; padding: .2rem .45rem; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; position: sticky; top: 0; }
 tr.fail td { background: #fff1f0; } tr.pass td { background: #f1fbf1; }
+tr.unstable td { background: #fff8e1; }
 pre { margin: 0; white-space: pre-wrap; word-break: break-word; max-width: 60rem;
       font-size: .75rem; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; }
@@ -49,6 +50,9 @@ def render_table(table: Table) -> str:
     head = "".join(f"<th>{esc(c)}</th>" for c in table.columns)
     body = []
     for n, row in enumerate(table.rows):
+        if len(row) != len(table.columns):  # a value under the wrong header is worse than none
+            raise ValueError(f"table {table.key!r} row {n}: {len(row)} cells for "
+                             f"{len(table.columns)} headers")
         css = table.row_classes[n] if n < len(table.row_classes) else ""
         cells = "".join(f"<td><pre>{esc(v)}</pre></td>" if i in pre else f"<td>{esc(v)}</td>"
                         for i, v in enumerate(row))

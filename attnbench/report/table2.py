@@ -45,14 +45,14 @@ def provenance(sources) -> list[str]:
         task_rows = [r for r in source.rows if (r.get("case") or {}).get("mode") == "task"]
         if not task_rows:
             continue
-        argv = source.meta.get("argv") or []
+        argv = source.meta.argv
         command = "attnbench " + " ".join(argv[1:]) if argv else "(not recorded)"
-        env = source.meta.get("environment") or {}
+        env = source.environment
         wall = sum(float(r.get("wall_s") or 0) for r in task_rows)
         lines.append(f"- run `{source.run_id}`: `{command}`; {len(task_rows)} task case(s), "
-                     f"{wall / 60:.1f} min of wall time; CPU {env.get('cpu', '?')}, "
-                     f"{env.get('cpu_affinity') or env.get('cpu_count') or '?'} core(s); "
-                     f"commit {(env.get('git') or {}).get('sha', '?')}")
+                     f"{wall / 60:.1f} min of wall time; CPU {(env and env.cpu) or '?'}, "
+                     f"{(env and (env.cpu_affinity or env.cpu_count)) or '?'} core(s); "
+                     f"commit {(env and env.git.short) or '?'}")
     return lines
 
 

@@ -5,16 +5,15 @@ Cells hold raw values (text from suites and results included); nothing here is H
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnbench.compare import format_seconds
-from attnbench.contracts import evaluate_contracts
+from attnbench.ratios import evaluate_contracts
 from attnbench.report import derive
-from attnbench.report.sources import Source
+from attnbench.runs import Source, row_metrics
 from attnbench.store import STATUSES
+from attnbench.units import format_seconds
 
 
 @dataclass
@@ -55,27 +54,70 @@ def fmt_time(value) -> str:
     return "-" if _missing(value) else format_seconds(float(value))
 
 
+def _device(source: Source) -> str:
+    env = source.environment
+    if env is None:
+        return "-"
+    if env.gpu:
+        names = [str(g.get("name", "?")) if isinstance(g, dict) else str(g) for g in env.gpu]
+        return ", ".join(names)
+    return f"CPU: {env.cpu or '?'}"
+
+
+def threads_cell(source: Source) -> str:
+    """The threads the cases ran with (``threads_used`` of the rows), else the framework's
+    default recorded in the environment."""
+    used = sorted({m["threads_used"] for m in map(row_metrics, source.rows)
+                   if isinstance(m.get("threads_used"), int)})
+    if used:
+        return ", ".join(map(str, used))
+    env = source.environment
+    if env is not None and env.threads is not None:
+        return f"{env.threads} (default)"
+    return "-"
+
+
 def runs_table(sources: list[Source]) -> Table:
+    """One short line per run; what does not fit a cell is in :func:`run_details_table`."""
     rows = []
     for s in sources:
-        env = s.meta.get("environment") if isinstance(s.meta.get("environment"), dict) else {}
-        packages = env.get("packages") if isinstance(env.get("packages"), dict) else {}
-        gpu = env.get("gpu")
-        device = (gpu.get("name") or json.dumps(gpu)) if isinstance(gpu, dict) else \
-            (str(gpu) if gpu else f"CPU: {env.get('cpu') or '?'}")
-        versions = ", ".join(f"{k} {v}" for k, v in packages.items()) or "-"
-        argv = s.meta.get("argv")
-        rows.append([s.run_id, s.suite.get("name", "-"), s.suite.get("description", "-"),
-                     s.kind, str(s.path), device,
-                     env.get("python") or "-", versions, env.get("threads") or "-",
-                     env.get("git_commit") or "-", env.get("hostname") or "-",
-                     env.get("platform") or "-", s.meta.get("started_at") or "-",
-                     len(s.rows), " ".join(map(str, argv)) if isinstance(argv, list) else "-"])
+        env = s.environment
+        rows.append([s.run_id, s.suite.name or "-", s.kind, _device(s), threads_cell(s),
+                     (env.git.short if env else None) or "-", (env.python if env else None)
+                     or "-", (env.hostname if env else None) or "-", s.meta.started_at or "-",
+                     len(s.rows)])
     return Table("environment", "Runs and their environment",
-                 ["run", "suite", "description", "source", "device", "python", "packages",
-                  "threads", "commit", "host", "platform", "started", "cases", "command"], rows,
-                 caption="What each run measured on: device, versions, threads and commit.",
+                 ["run", "suite", "source", "device", "threads", "commit", "python", "host",
+                  "started", "cases"], rows,
+                 caption="What each run measured on. threads: what the cases ran with "
+                         "(threads_used), else the framework's default; commit: the attnbench "
+                         "checkout (+dirty: with uncommitted changes). Descriptions, versions "
+                         "and the command are in the next table.",
                  empty_note="no runs given")
+
+
+def run_details_table(sources: list[Source]) -> Table:
+    """The long facts of each run, one per line, so the runs table stays narrow."""
+    rows = []
+    for s in sources:
+        env = s.environment
+        packages = ", ".join(f"{k} {v}" for k, v in (env.packages if env else {}).items()
+                             if v) or "-"
+        settings = ", ".join(f"{k}={v}" for k, v in (env.env_vars if env else {}).items()) \
+            or "-"
+        facts = [("description", s.suite.description or "-"),
+                 ("command", " ".join(map(str, s.meta.argv)) or "-"),
+                 ("path", str(s.path)),
+                 ("platform", (env.platform if env else None) or "-"),
+                 ("packages", packages),
+                 ("settings", settings)]
+        rows.extend([s.run_id, key, value] for key, value in facts)
+    return Table("run-details", "Run details",
+                 ["run", "what", "value"], rows,
+                 caption="Per run: the suite's description, the command that made it, where "
+                         "it is, the platform, package versions and the environment variables "
+                         "that change what a measurement means (threads, allocators, XLA).",
+                 empty_note="no runs given", preformatted={"value"})
 
 
 def summary_table(frame) -> Table:
@@ -100,15 +142,16 @@ def summary_table(frame) -> Table:
                                       zip(cut["failure status"], cut["first failure"],
                                           strict=True)) if len(cut) else "-"
             rows.append([*(("-" if _missing(k) else k) for k in key), len(group),
-                         *(int(counts.get(s, 0)) for s in STATUSES),
+                         *(int(counts.get(s, 0)) for s in STATUSES), unstable_count(group),
                          _range(lengths), fmt_int(longest), fmt_time(time), fmt_mb(mem),
                          first_failure])
     return Table("summary", "Summary per variant",
                  ["run", "variant", "framework", "mode", "device", "cases", *STATUSES,
-                  "lengths", "largest ok length", "time at largest", "peak MiB at largest",
-                  "cut short by"], rows,
+                  "unstable", "lengths", "largest ok length", "time at largest",
+                  "peak MiB at largest", "cut short by"], rows,
                  caption="Time and memory are the best over the variant's settings "
-                         "(n_hashes, buckets) at its largest ok length.",
+                         "(n_hashes, buckets) at its largest ok length; unstable: ok cases "
+                         "whose time is marked unstable (see Every case).",
                  empty_note="no results in these runs yet")
 
 
@@ -174,6 +217,31 @@ def contracts_table(sources: list[Source]) -> Table:
                  empty_note="the suites state no contracts", row_classes=classes)
 
 
+def is_unstable(value) -> bool:
+    """The row's ``unstable`` mark (absent, None or NaN in rows that were not judged)."""
+    return value is True or (isinstance(value, int | float) and not _missing(value)
+                             and bool(value))
+
+
+def unstable_count(frame) -> int:
+    if "unstable" not in frame.columns or not len(frame):
+        return 0
+    return int(sum(is_unstable(v) for v in frame["unstable"]))
+
+
+def _noise_cell(get, r) -> str:
+    """What the machine did while the case was timed, and the reasons for an unstable mark."""
+    parts = []
+    other = get(r, "machine_other_cpu_frac")
+    if not _missing(other):
+        parts.append(f"others {other:.0%} CPU")
+    if is_unstable(get(r, "unstable")):
+        reasons = get(r, "unstable_reasons")
+        parts.insert(0, "UNSTABLE: " + ("; ".join(reasons) if isinstance(reasons, list)
+                                        and reasons else "marked by the worker"))
+    return ", ".join(parts) or "-"
+
+
 def cases_table(frame) -> Table:
     rows, classes = [], []
     metric = _metric_getter(frame)
@@ -181,19 +249,25 @@ def cases_table(frame) -> Table:
         accuracy = metric(r, "task_accuracy")
         if _missing(accuracy):
             accuracy = metric(r, "approx_recall")
+        unstable = is_unstable(metric(r, "unstable"))
+        time = fmt_time(metric(r, "time_median_s"))
         rows.append([r["run_id"], r["label"], r["case_id"], r["status"],
-                     fmt_time(metric(r, "time_median_s")),
-                     fmt_number(metric(r, "time_rel_iqr"), ".1%"),
+                     time + (" (unstable)" if unstable else ""),
+                     fmt_number(metric(r, "time_rel_iqr"), ".1%"), _noise_cell(metric, r),
                      fmt_time(metric(r, "compile_s")),
                      fmt_mb(metric(r, "mem_peak_mb")), fmt_mb(metric(r, "mem_analytic_mb")),
                      fmt_number(metric(r, "approx_out_rel_err")), fmt_number(accuracy),
                      fmt_number(r.get("wall_s"), ".3g")])
-        classes.append("" if r["status"] == "ok" else "fail")
+        classes.append("fail" if r["status"] != "ok" else "unstable" if unstable else "")
     return Table("cases", "Every case",
-                 ["run", "case", "case id", "status", "median time", "rel. IQR", "compile",
-                  "peak MiB", "analytic MiB", "approx. error", "recall / accuracy", "wall s"],
+                 ["run", "case", "case id", "status", "median time", "rel. IQR", "noise",
+                  "compile", "peak MiB", "analytic MiB", "approx. error", "recall / accuracy",
+                  "wall s"],
                  rows, caption="One line per case and run, as in results.csv ('-': not "
-                               "measured or not recorded).",
+                               "measured or not recorded). noise: the CPU share other "
+                               "processes took while the case was timed; a case is marked "
+                               "unstable (its time shown, not to be trusted) when its spread "
+                               "stayed above its target or the machine was busy.",
                  empty_note="no results in these runs yet", row_classes=classes)
 
 
@@ -209,8 +283,12 @@ def data_notes(sources: list[Source], frame) -> list[str]:
     for s in sources:
         if not s.rows:
             notes.append(f"Run {s.run_id} has no results (started, nothing finished yet).")
-        if not s.meta.get("environment") and s.kind == "run":
+        if s.environment is None and s.kind == "run":
             notes.append(f"Run {s.run_id} records no environment.")
+    if unstable_count(frame):
+        notes.append(f"{unstable_count(frame)} case(s) are marked unstable: their spread stayed "
+                     "above target or the machine was busy while they were timed; their times "
+                     "are shown but should not be trusted (Every case, noise column).")
     if len(frame):
         ok = frame[frame["status"] == "ok"]
         timed = ok[ok["mode"].isin(derive.TIMED_MODES)]

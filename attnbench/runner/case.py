@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 # task: train on a synthetic task and evaluate under several attention configurations.
 MODES = ("forward", "forward-backward", "train-step", "approx", "task")
 TIMED_MODES = ("forward", "forward-backward", "train-step")
+
+_MODE_ABBREV = {"forward": "fwd", "forward-backward": "fb", "train-step": "train"}
 
 # Fields that say how a case is measured, not what: left out of case_id.
 HOW_FIELDS = ("suite", "plugins", "threads", "warmup", "min_repeats", "max_repeats",
@@ -100,23 +103,8 @@ class Case:
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def label(self) -> str:
-        """A short human-readable name: ``lsh/torch fb L=4096 h=4``."""
-        mode = {"forward": "fwd", "forward-backward": "fb", "train-step": "train"}.get(
-            self.mode, self.mode)
-        parts = [f"{self.variant}/{self.framework}", mode, f"L={self.length}"]
-        if self.batch != 1:
-            parts.append(f"B={self.batch}")
-        if self.depth != 1:
-            parts.append(f"depth={self.depth}")
-        if self.n_hashes is not None:
-            parts.append(f"h={self.n_hashes}")
-        if self.kernel is not None and self.resolved_kernel != "portable":
-            parts.append(self.resolved_kernel)
-        if self.device != "cpu":
-            parts.append(self.device)
-        if self.dtype != "float32":
-            parts.append(self.dtype)
-        return " ".join(parts)
+        """A short human-readable name: ``lsh/torch fb L=4096 h=4`` (see :func:`case_label`)."""
+        return case_label(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -130,3 +118,41 @@ class Case:
         if "plugins" in data:
             data = {**data, "plugins": tuple(data["plugins"])}
         return cls(**data)
+
+
+def _resolved_kernel(case: Mapping[str, Any]) -> str | None:
+    """The LSH kernel a case runs (as Case.resolved_kernel; None when it cannot say)."""
+    try:
+        return resolve_kernel(case["kernel"], case["framework"],
+                              str(case.get("device", "cpu")).partition(":")[0])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def case_label(case: Mapping[str, Any]) -> str:
+    """The one label of a case, from a :class:`Case` or a stored row's case dict (missing
+    fields show as ``?``): ``lsh/torch fb L=4096 h=4``, with the kernel when it is not the
+    portable core, the buckets of an approximation case, the attention a task trained with,
+    and the device and dtype when they are not the CPU and float32."""
+    mode = case.get("mode", "?")
+    parts = [f"{case.get('variant', '?')}/{case.get('framework', '?')}",
+             _MODE_ABBREV.get(mode, str(mode)), f"L={case.get('length', '?')}"]
+    if case.get("batch", 1) not in (1, None):
+        parts.append(f"B={case['batch']}")
+    if case.get("depth", 1) not in (1, None):
+        parts.append(f"depth={case['depth']}")
+    if case.get("n_hashes") is not None:
+        parts.append(f"h={case['n_hashes']}")
+    kernel = _resolved_kernel(case)
+    if kernel not in (None, "portable"):
+        parts.append(kernel)
+    if case.get("n_buckets") is not None and mode == "approx":
+        parts.append(f"b={case['n_buckets']}")
+    options = case.get("options")
+    if isinstance(options, dict) and options.get("train_attention"):
+        parts.append(f"train={options['train_attention']}")
+    if case.get("device", "cpu") != "cpu":
+        parts.append(str(case.get("device")))
+    if case.get("dtype", "float32") != "float32":
+        parts.append(str(case.get("dtype")))
+    return " ".join(parts)

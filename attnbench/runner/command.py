@@ -15,7 +15,7 @@ from pathlib import Path
 
 from attnbench.runner.case import DEVICES, FRAMEWORKS
 from attnbench.runner.suite import Suite, SuiteError, filter_cases, load_suite
-from attnbench.store import RunStore, StoreError, write_csv
+from attnbench.store import RunStore, StoreError
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
 
@@ -119,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: finished cases are saved in {out}; run the same command again "
               "to resume", file=sys.stderr)
         return 130
-    n = write_csv(out, out / "results.csv")
+    from attnbench.runs import load_source, write_results_csv
+
+    n = write_results_csv([load_source(out)], out / "results.csv")
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing new to run"
     print(f"{summary}; {n} row(s) in {out / 'results.jsonl'} and {out / 'results.csv'}",
           file=sys.stderr)
@@ -143,25 +145,24 @@ def _open_run(store: RunStore, suite: Suite, digest: str, args) -> str:
         print(f"moved the previous run to {aside}", file=sys.stderr)
     if store.exists():
         meta = store.read_meta()
-        if meta["suite"]["digest"] != digest:
+        if meta.suite.digest != digest:
             raise StoreError(
                 f"{store.path} holds a run of a different version of suite "
-                f"{meta['suite']['name']!r} (case set {meta['suite']['digest']} != {digest}); "
+                f"{meta.suite.name!r} (case set {meta.suite.digest} != {digest}); "
                 "use --out for a new directory or --fresh to move the old run aside")
-        print(f"resuming run {meta['run_id']} ({len(store.done_ids())} case(s) done)",
+        print(f"resuming run {meta.run_id} ({len(store.done_ids())} case(s) done)",
               file=sys.stderr)
-        return meta["run_id"]
+        return meta.run_id
     from attnbench.measure.environment import capture
+    from attnbench.meta import RunMeta, SuiteInfo
 
     now = dt.datetime.now(dt.UTC)
     run_id = f"{suite.name}-{now.strftime('%Y%m%d-%H%M%S')}"
-    store.create({
-        "run_id": run_id,
-        "started_at": now.isoformat(timespec="seconds"),
-        "argv": sys.argv,
-        "suite": {"name": suite.name, "description": suite.description, "path": suite.path,
-                  "digest": digest, "n_cases": len(suite.cases),
-                  "contracts": list(suite.contracts), "source": suite.source},
-        "environment": capture(),
-    })
+    store.create(RunMeta(
+        run_id=run_id, started_at=now.isoformat(timespec="seconds"), argv=list(sys.argv),
+        suite=SuiteInfo(name=suite.name, description=suite.description,
+                        path=None if suite.path is None else str(suite.path), digest=digest,
+                        n_cases=len(suite.cases), contracts=list(suite.contracts),
+                        source=suite.source),
+        environment=capture()))
     return run_id

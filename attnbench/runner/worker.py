@@ -56,7 +56,7 @@ def _limit_cpu_threads(threads: int | None) -> None:
 
 def measure_timed(case: Case) -> dict:
     """Build (untimed), warm up (timed apart), time adaptively, read memory; the metrics."""
-    from attnbench.measure import work
+    from attnbench.measure import machine, work
     from attnbench.measure.timing import TimingPolicy, time_repeats, time_warmup
 
     variant = get_variant(case.variant)
@@ -72,7 +72,12 @@ def measure_timed(case: Case) -> dict:
     step.memory.start()
     warmup_s = time_warmup(step.run, case.warmup)
     step.memory.after_warmup()
+    cpus = machine.worker_cpus()
+    before = machine.snapshot(cpus)
     metrics = time_repeats(step.run, policy)
+    metrics.update(machine.machine_metrics(before, machine.snapshot(cpus), cpus))
+    reasons = machine.unstable_reasons(metrics, case.target_rel_iqr)
+    metrics.update(unstable=bool(reasons), unstable_reasons=reasons)
     metrics.update(step.memory.result())
     metrics.update(step.info)
     metrics["setup_s"] = setup_s

@@ -16,7 +16,7 @@ from attnbench.compare import (
     compare_rows,
     mann_whitney_u,
 )
-from attnbench.store import RunStore
+from tests.runs import create_run
 
 
 def timed_row(case_id, median, mem=100.0, status="ok", n=10, spread=0.01, seed=0):
@@ -125,8 +125,7 @@ def test_mann_whitney_matches_scipy():
 
 
 def write_run(path, rows):
-    store = RunStore(path)
-    store.create({"run_id": path.name, "suite": {"name": "t"}})
+    store = create_run(path)
     for row in rows:
         store.append({"run_id": path.name, **row})
     return str(path)
@@ -146,7 +145,7 @@ def test_command_exit_status_and_markdown_table(tmp_path, capsys):
     assert run_compare(base, slow, "--format", "markdown", "-o", tmp_path / "t.md") == 1
     out = capsys.readouterr().out
     assert "| regression | a/torch fb L=1024 |" in out
-    assert "1 regression, 0 improvements, 1 unchanged" in out
+    assert "1 regression, 0 improvements, 0 inconclusive, 1 unchanged" in out
     assert (tmp_path / "t.md").read_text().count("\n| ") >= 3
     # a looser threshold lets the 2x slowdown through
     assert run_compare(base, slow, "--max-time-ratio", "2.5") == 0
@@ -174,3 +173,55 @@ def test_compare_pytest_benchmark_files(data_dir, tmp_path, capsys):
     assert run_compare(data_dir / "pytest_benchmark.json", head) == 1
     out = capsys.readouterr().out
     assert out.count("regression  lsh/torch") == 3
+
+
+def test_a_run_pairs_with_pytest_benchmark_output_of_the_same_cases(data_dir, tmp_path,
+                                                                     capsys):
+    """attnbench's fixture records each benchmark's case and case_id: pair by them."""
+    import json
+
+    bench_file = data_dir / "pytest_benchmark.json"
+    benches = json.loads(bench_file.read_text())["benchmarks"]
+    rows = []
+    for bench in benches:
+        extra = bench["extra_info"]
+        rows.append({"case_id": extra["case_id"], "case": extra["case"], "status": "ok",
+                     "error": None, "metrics": {"time_median_s": bench["stats"]["median"],
+                                                "time_samples_s": bench["stats"]["data"],
+                                                "mem_peak_mb": extra["mem_peak_mb"]}})
+    run = write_run(tmp_path / "run", rows)
+    assert run_compare(run, bench_file) == 0
+    out = capsys.readouterr().out
+    assert f"0 regressions, 0 improvements, 0 inconclusive, {len(benches)} unchanged" in out
+
+
+def test_a_compare_that_pairs_nothing_fails(tmp_path, capsys):
+    base = write_run(tmp_path / "base", [timed_row("a", 0.1)])
+    head = write_run(tmp_path / "head", [timed_row("b", 0.1)])
+    assert run_compare(base, head) == 1
+    assert "nothing was compared" in capsys.readouterr().err
+
+
+def unstable(row, why="machine busy: other processes used 80% of the case's CPUs [0, 1]"):
+    return {**row, "metrics": {**row["metrics"], "unstable": True, "unstable_reasons": [why]}}
+
+
+def test_a_time_change_with_an_unstable_side_is_inconclusive(tmp_path, capsys):
+    base = [timed_row("a", 0.1), timed_row("b", 0.1), timed_row("c", 0.1, mem=100.0)]
+    head = [unstable(timed_row("a", 0.2, seed=1)), timed_row("b", 0.1, seed=1),
+            unstable(timed_row("c", 0.1, mem=200.0, seed=2))]
+    results = {c.case_id: c for c in compare_rows(base, head)}
+    assert results["a"].verdict == compare.INCONCLUSIVE
+    assert "head marked unstable" in results["a"].reasons[0]
+    assert "machine busy" in results["a"].reasons[0]
+    assert results["b"].verdict == UNCHANGED  # stable on both sides: judged as before
+    assert results["c"].verdict == REGRESSION  # memory does not depend on the load
+    # the same slowdown with both sides stable is a regression
+    assert compare_rows(base[:1], [timed_row("a", 0.2, seed=1)])[0].verdict == REGRESSION
+    # the command: inconclusive is said, and fails only when asked to
+    b = write_run(tmp_path / "base", base[:2])
+    h = write_run(tmp_path / "head", head[:2])
+    assert run_compare(b, h) == 0
+    captured = capsys.readouterr()
+    assert "1 inconclusive" in captured.out and "inconclusive: a side was marked" in captured.err
+    assert run_compare(b, h, "--fail-on-inconclusive") == 1

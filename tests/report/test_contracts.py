@@ -7,7 +7,7 @@ import pytest
 
 from attnbench import contracts
 from attnbench.contracts import evaluate_contracts
-from attnbench.store import RunStore
+from tests.runs import create_run
 
 
 def make_row(variant, length, status="ok", n_hashes=None, mode="forward-backward", **metrics):
@@ -89,8 +89,7 @@ def test_no_bound_is_a_failure():
 
 
 def write_run(path, rows, contract_list):
-    store = RunStore(path)
-    store.create({"run_id": path.name, "suite": {"name": "t", "contracts": contract_list}})
+    store = create_run(path, contracts=contract_list)
     for row in rows:
         store.append({"run_id": path.name, **row})
     return path
@@ -114,10 +113,12 @@ def test_check_command_exit_status(tmp_path, capsys):
     assert "1 passed, 1 failed" in out
 
 
-def test_check_without_contracts(tmp_path, capsys):
+def test_check_without_contracts_fails_unless_allowed(tmp_path, capsys):
+    """A gate whose contracts disappeared must not pass: nothing checked is exit 1."""
     run = write_run(tmp_path / "none", ROWS, [])
-    assert check(run) == 0
-    assert check(run, "--require-contracts") == 1
+    assert check(run) == 1
+    assert "states no contracts: nothing was checked" in capsys.readouterr().err
+    assert check(run, "--allow-no-contracts") == 0
     assert check(tmp_path / "absent") == 2
 
 

@@ -2,9 +2,10 @@
 
 import pytest
 
+from attnbench.meta import RunMeta
 from attnbench.report import derive
 from attnbench.report.frame import tidy_frame
-from attnbench.report.sources import Source
+from attnbench.runs import Source
 from tests.report.conftest import require_report_extra
 
 require_report_extra()
@@ -13,7 +14,7 @@ require_report_extra()
 def frame_of(rows):
     from pathlib import Path
 
-    return tidy_frame([Source(path=Path("x"), kind="run", meta={"run_id": "r"}, rows=rows)])
+    return tidy_frame([Source(path=Path("x"), kind="run", meta=RunMeta(run_id="r"), rows=rows)])
 
 
 def row(variant, length, status="ok", n_hashes=None, **metrics):

@@ -12,9 +12,9 @@ import sys
 import pytest
 
 from attnbench.report import command, figures
-from attnbench.report.frame import LEADING_COLUMNS
-from attnbench.report.sources import load_source, load_sources
+from attnbench.runs import LEADING_COLUMNS, load_source, load_sources
 from tests.report.conftest import DATA, GOLDEN_INPUTS, require_report_extra
+from tests.runs import create_run
 
 require_report_extra()
 
@@ -90,10 +90,7 @@ def test_tables_show_failures_contracts_and_environment(golden_report):
 
 
 def test_empty_and_failed_runs_render_notes_instead_of_figures(tmp_path):
-    from attnbench.store import RunStore
-
-    store = RunStore(tmp_path / "all-failed")
-    store.create({"run_id": "all-failed", "suite": {"name": "x"}})
+    store = create_run(tmp_path / "all-failed", suite="x")
     for length, status in ((1024, "oom"), (2048, "timeout"), (4096, "error")):
         store.append({"run_id": "all-failed", "case_id": f"c{length}", "status": status,
                       "error": f"{status} at {length}", "metrics": {},
@@ -152,3 +149,59 @@ def test_importing_the_commands_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_environment_table_shows_commit_and_threads_under_their_headers():
+    """Read from the schema capture() writes: the commit and the threads the cases used."""
+    from attnbench.report.tables import runs_table
+
+    sources = load_sources([DATA / "torch-cpu", DATA / "pytest_benchmark.json"])
+    table = runs_table(sources)
+    run, bench = (dict(zip(table.columns, row, strict=True)) for row in table.rows)
+    assert run["commit"] == "2bec1f8aa0" and run["threads"] == "2"
+    assert run["device"] == "CPU: AMD EPYC 7B13" and run["python"] == "3.11.2"
+    assert bench["commit"] == "2bec1f8aa" and bench["host"] == "bench-1"
+
+
+def test_every_table_has_one_cell_per_header(golden_report):
+    from attnbench.report import tables
+    from attnbench.report.frame import tidy_frame
+
+    sources = load_sources([DATA / n for n in GOLDEN_INPUTS])
+    frame = tidy_frame(sources)
+    for table in (tables.runs_table(sources), tables.run_details_table(sources),
+                  tables.summary_table(frame), tables.contracts_table(sources),
+                  tables.failures_table(frame), tables.cases_table(frame),
+                  tables.largest_fit_table(frame), tables.exponents_table(frame)):
+        assert table.rows, table.key
+        assert {len(row) for row in table.rows} == {len(table.columns)}, table.key
+
+
+def test_run_export_and_report_write_the_same_results_csv(tmp_path, capsys):
+    from attnbench.cli import main
+
+    assert main(["export", str(DATA / "torch-cpu"), "--csv", str(tmp_path / "export.csv")]) == 0
+    command.build_report([DATA / "torch-cpu"], tmp_path / "report", attention_pattern=False)
+    assert (tmp_path / "export.csv").read_text() == (tmp_path / "report" / "results.csv") \
+        .read_text()
+
+
+def test_an_unstable_case_is_marked_beside_its_number_and_counted(golden_report):
+    from attnbench.report import tables
+    from attnbench.report.frame import tidy_frame
+
+    frame = tidy_frame(load_sources([DATA / "jax-cpu"]))
+    assert tables.unstable_count(frame) == 1
+    cases = tables.cases_table(frame)
+    shown = [dict(zip(cases.columns, row, strict=True)) for row in cases.rows]
+    [marked] = [c for c in shown if c["median time"].endswith("(unstable)")]
+    assert marked["case"] == "lsh/jax fb L=1024 h=2"
+    assert marked["noise"].startswith("UNSTABLE: machine busy: other processes used 60%")
+    assert all(c["noise"] == "others 1% CPU" for c in shown if c is not marked
+               and c["status"] == "ok")
+    summary = tables.summary_table(frame)
+    column = summary.columns.index("unstable")
+    assert sorted(row[column] for row in summary.rows) == [0, 1]
+    page = golden_report.read_text()
+    assert "; 1 marked unstable)" in page and 'class="unstable"' in page
+    assert "1 case(s) are marked unstable" in page

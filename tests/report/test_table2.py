@@ -8,9 +8,9 @@ from tests.report.conftest import require_report_extra
 require_report_extra()
 
 from attnbench.report.frame import tidy_frame  # noqa: E402
-from attnbench.report.sources import load_sources  # noqa: E402
 from attnbench.report.table2 import table2_markdown  # noqa: E402
-from attnbench.store import RunStore  # noqa: E402
+from attnbench.runs import load_sources  # noqa: E402
+from tests.runs import create_run  # noqa: E402
 
 
 def task_row(case_id, framework, variant, n_hashes, train, evals):
@@ -23,8 +23,7 @@ def task_row(case_id, framework, variant, n_hashes, train, evals):
 
 
 def test_matrix_per_framework_with_the_paper(tmp_path):
-    store = RunStore(tmp_path)
-    store.create({"run_id": "r", "suite": {"name": "t"}})
+    store = create_run(tmp_path, "r")
     store.append(task_row("a", "torch", "transformer-shared-qk", None, "full",
                           {"full": 1.0, "lsh-1": 0.5}))
     store.append(task_row("b", "torch", "lsh-transformer", 1, "lsh-1",

@@ -106,5 +106,21 @@ def test_smoke_suite_end_to_end(tmp_path):
             assert 0 <= m["approx_recall"] <= 1
         else:
             assert set(m["task_eval"]) == {"full", "lsh-2"}
-    csv_lines = (out_dir / "results.csv").read_text().splitlines()
-    assert len(csv_lines) == len(rows) + 1
+    csv_text = (out_dir / "results.csv").read_text()
+    assert len(csv_text.splitlines()) == len(rows) + 1
+    # The report of this real run shows its commit and threads, and writes the same CSV.
+    report = attnbench("report", str(out_dir), "--no-attention-pattern", timeout=600)
+    assert report.returncode == 0, report.stderr
+    assert (out_dir / "results.csv").read_text() == csv_text
+    from attnbench.measure.environment import git_commit
+    from attnbench.report.tables import runs_table
+    from attnbench.runs import load_source
+
+    table = runs_table([load_source(out_dir)])
+    [cells] = table.rows
+    shown = dict(zip(table.columns, cells, strict=True))
+    assert shown["commit"] == git_commit().short
+    threads = {r["metrics"]["threads_used"] for r in rows if "threads_used" in r["metrics"]}
+    assert threads and shown["threads"] == ", ".join(map(str, sorted(threads)))
+    page = (out_dir / "index.html").read_text()
+    assert f"<td>{git_commit().short}</td>" in page

@@ -16,7 +16,7 @@ import pytest
 
 from attnbench.runner.case import Case
 from attnbench.runner.run import run_case, run_cases
-from attnbench.store import RunStore
+from tests.runs import create_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(framework="torch", d_model=32, n_heads=2, threads=1, min_repeats=1, max_repeats=1,
@@ -69,8 +69,7 @@ def test_memory_limit_records_oom_then_skips_longer_and_goes_on(tmp_path):
     hog = dict(variant="full-naive", mode="forward-backward", n_hashes=None, n_buckets=None,
                chunk_len=None, d_model=64, memory_limit_mb=1200)
     cases = [case(**hog, length=8192), case(**hog, length=16384), case(length=128)]
-    store = RunStore(tmp_path / "run")
-    store.create({"run_id": "r"})
+    store = create_run(tmp_path / "run", "r")
     counts = run_cases(cases, store, "r", progress=False)
     rows = {r["case"]["length"]: r for r in store.rows()}
     assert counts == {"oom": 1, "skipped": 1, "ok": 1}, rows
@@ -137,3 +136,39 @@ def test_plugin_variant_runs_in_a_worker(tmp_path):
     out = run_case(only)
     assert out.status == "ok", out.error
     assert out.metrics["time_median_s"] > 0
+
+
+def _noise_case() -> Case:
+    """A torch case of ~10 ms a call on the CPUs the worker pins; the spread target is loose,
+    so on an idle machine only the load can mark it."""
+    return Case(variant="full-naive", framework="torch", mode="forward-backward", length=512,
+                d_model=64, n_heads=2, threads=min(2, len(os.sched_getaffinity(0))), warmup=2,
+                min_repeats=30, max_repeats=60, target_rel_iqr=0.5, time_budget_s=3.0,
+                timeout_s=300)
+
+
+def test_a_case_timed_under_a_competing_load_is_marked_unstable_and_idle_it_is_not():
+    """The assertion is on the mark (and what it records), never on a time."""
+    noise = _noise_case()
+    quiet = run_case(noise)
+    assert quiet.status == "ok", quiet.error
+    cpus = quiet.metrics["cpus"]
+    assert len(cpus) == noise.threads
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(len(cpus))]
+    try:
+        for proc in busy:  # on the worker's CPUs
+            os.sched_setaffinity(proc.pid, cpus)
+        loaded = run_case(noise)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    assert loaded.status == "ok", loaded.error
+    assert quiet.metrics["unstable"] is False, quiet.metrics["unstable_reasons"]
+    assert quiet.metrics["machine_other_cpu_frac"] < 0.10
+    assert loaded.metrics["unstable"] is True
+    assert any(r.startswith("machine busy: other processes used")
+               for r in loaded.metrics["unstable_reasons"]), loaded.metrics["unstable_reasons"]
+    assert loaded.metrics["machine_other_cpu_frac"] > 0.25
+    assert loaded.metrics["worker_invol_ctx_switches"] > quiet.metrics["worker_invol_ctx_switches"]

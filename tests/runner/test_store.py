@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from attnbench.store import SCHEMA_VERSION, RunStore, StoreError, flatten, write_csv
+from attnbench.runs import flatten, load_source, write_results_csv
+from attnbench.store import SCHEMA_VERSION, RunStore, StoreError
+from tests.runs import create_run
 
 
 def row(case_id, status="ok", **metrics):
@@ -16,20 +18,18 @@ def row(case_id, status="ok", **metrics):
 
 
 def test_append_and_read_back(tmp_path):
-    store = RunStore(tmp_path / "run")
-    store.create({"run_id": "r", "suite": {"name": "s"}})
+    store = create_run(tmp_path / "run", "r", suite="s")
     store.append(row("a", time_median_s=0.5, time_samples_s=[0.4, 0.5, 0.6]))
     store.append(row("b", status="oom"))
     rows = list(store.rows())
     assert [r["case_id"] for r in rows] == ["a", "b"]
     assert all(r["schema"] == SCHEMA_VERSION for r in rows)
-    assert store.read_meta()["suite"] == {"name": "s"}
+    assert store.read_meta().suite.name == "s"
     assert store.done_ids() == {"a", "b"}
 
 
 def test_cut_off_last_line_is_ignored_and_repaired(tmp_path):
-    store = RunStore(tmp_path)
-    store.create({"run_id": "r"})
+    store = create_run(tmp_path, "r")
     store.append(row("a"))
     with open(store.results_path, "a") as f:
         f.write('{"case_id": "b", "sta')  # the process died mid-write
@@ -40,8 +40,7 @@ def test_cut_off_last_line_is_ignored_and_repaired(tmp_path):
 
 
 def test_bad_status_and_wrong_schema_are_refused(tmp_path):
-    store = RunStore(tmp_path)
-    store.create({"run_id": "r"})
+    store = create_run(tmp_path, "r")
     with pytest.raises(ValueError, match="status='fine'"):
         store.append(row("a", status="fine"))
     store.meta_path.write_text(json.dumps({"schema": 99}))
@@ -52,13 +51,12 @@ def test_bad_status_and_wrong_schema_are_refused(tmp_path):
 
 
 def test_flatten_and_csv(tmp_path):
-    store = RunStore(tmp_path)
-    store.create({"run_id": "r"})
+    store = create_run(tmp_path, "r")
     store.append(row("a", time_median_s=0.5, time_samples_s=[0.4, 0.5]))
     store.append(row("b", status="timeout"))
     flat = flatten(next(store.rows()))
     assert flat["variant"] == "lsh" and flat["time_median_s"] == 0.5 and flat["status"] == "ok"
-    assert write_csv(tmp_path, tmp_path / "out.csv") == 2
+    assert write_results_csv([load_source(tmp_path)], tmp_path / "out.csv") == 2
     header, first, second = (tmp_path / "out.csv").read_text().splitlines()
-    assert header.split(",")[:4] == ["run_id", "case_id", "variant", "length"]
+    assert header.split(",")[:4] == ["run_id", "case_id", "label", "variant"]
     assert '"[0.4, 0.5]"' in first and "timeout" in second

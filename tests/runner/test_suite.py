@@ -174,3 +174,22 @@ def test_device_override_to_cpu_refuses_a_fused_kernel():
         filter_cases(cases, device="cpu")
     (moved,) = filter_cases(sweep(kernel="auto").cases, device="cuda")
     assert moved.resolved_kernel == "triton"
+
+
+def test_a_plugin_variant_offers_only_the_modes_it_implements(tmp_path):
+    """A peer's LSH layer is not attnbench's core: approx would measure ours under its name."""
+    plugin = tmp_path / "peer_plugin.py"
+    plugin.write_text(
+        "from attnbench.variants import Variant, register_variant\n"
+        "register_variant(Variant('peer-lsh-test', 'a peer LSH layer', 'layer', 'lsh',\n"
+        "                         frameworks=('torch',), build=lambda case, **kw: None))\n")
+    text = (f'name = "peer"\nplugins = ["{plugin}"]\n[[sweep]]\nvariant = "peer-lsh-test"\n'
+            'framework = "torch"\nmode = "{mode}"\nlength = 64\nn_hashes = 1\n')
+    path = tmp_path / "peer.toml"
+    path.write_text(text.replace("{mode}", "forward-backward"))
+    assert [c.mode for c in load_suite(path).cases] == ["forward-backward"]
+    path.write_text(text.replace("{mode}", "approx"))
+    with pytest.raises(SuiteError, match=r"mode.*'approx' is not a mode of layer variant "
+                                         r"'peer-lsh-test' \(its modes: forward, "
+                                         r"forward-backward"):
+        load_suite(path)

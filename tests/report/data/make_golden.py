@@ -2,19 +2,28 @@
 
 The numbers are made up to look like a CPU sweep (full attention quadratic in length, LSH
 linear, OOMs and a timeout at the long end), chosen so each figure and table has something to
-show. The committed files are the golden files; edit them or this script, then re-run it.
+show. Everything else is made by the real code: each meta.json is a ``RunMeta`` whose
+environment is ``capture()``'s (host name and versions replaced, so the files say what a run
+records, not this machine), each case is a real ``Case`` with its id, and the pytest-benchmark
+file's extra_info has the keys attnbench's fixture writes. The committed files are the golden
+files; edit this script, then re-run it.
 
     .venv/bin/python tests/report/data/make_golden.py
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from attnbench.measure.environment import capture
+from attnbench.measure.machine import Snapshot, machine_metrics, unstable_reasons
+from attnbench.meta import Environment, GitInfo, RunMeta, SuiteInfo
+from attnbench.pytest_plugin import _flat_case_fields, build_case
 from attnbench.runner.case import Case
 
 HERE = Path(__file__).parent
@@ -22,28 +31,54 @@ RNG = np.random.default_rng(20261128)
 STARTED = "2026-11-28T01:19:00+00:00"
 
 
-def environment(framework_versions: dict[str, str], commit: str) -> dict:
-    return {"python": "3.11.2", "packages": framework_versions,
-            "cpu": "AMD EPYC 7B13 (2 cores)", "threads": 2, "gpu": None, "git_commit": commit,
-            "env_vars": {"OMP_NUM_THREADS": "2"}, "hostname": "bench-1",
-            "platform": "Linux-6.1-x86_64"}
+COMMIT = "2bec1f8aa0c9d3e4f5a6b7c8d9e0f1a2b3c4d5e6"
+
+
+def environment(framework_versions: dict[str, str], commit: str = COMMIT) -> Environment:
+    """``capture()``'s environment with this machine's identity replaced."""
+    return dataclasses.replace(
+        capture(probe_frameworks=False), python="3.11.2", executable="/usr/bin/python3",
+        packages=framework_versions, cpu="AMD EPYC 7B13", cpu_count=2, cpu_affinity=2,
+        memory_total_mb=24000.0, threads=2, git=GitInfo(sha=commit, dirty=False), gpu=None,
+        env_vars={"OMP_NUM_THREADS": "2"}, hostname="bench-1", platform="Linux-6.1-x86_64")
+
+
+def meta(run_id: str, suite: str, description: str, env: Environment | None,
+         contracts: list | None = None, argv: list[str] | None = None) -> RunMeta:
+    return RunMeta(run_id=run_id, started_at=STARTED,
+                   argv=argv if argv is not None else ["attnbench", "run", "suites/golden.toml"],
+                   suite=SuiteInfo(name=suite, description=description,
+                                   contracts=contracts or []),
+                   environment=env)
 
 
 def timed_metrics(median: float, mem: float | None, analytic: float | None, tokens: int,
-                  repeats: int = 7, compile_s: float | None = None) -> dict:
+                  repeats: int = 7, compile_s: float | None = None,
+                  others_cpu: float = 0.01) -> dict:
+    """A timed case's metrics; ``others_cpu``: the CPU share other processes took (the
+    machine-load metrics and the unstable mark come from the worker's own functions)."""
     samples = [round(median * (1 + 0.02 * float(x)), 7) for x in RNG.standard_normal(repeats)]
     q1, q3 = np.percentile(samples, [25, 75])
     m = {"time_median_s": float(np.median(samples)), "time_iqr_s": float(q3 - q1),
          "time_rel_iqr": float((q3 - q1) / np.median(samples)), "time_samples_s": samples,
          "time_repeats": repeats, "warmup_s": round(median * 3, 6),
          "tokens_per_s": tokens / float(np.median(samples)), "platform": "cpu",
-         "device_name": "cpu", "threads": 2}
+         "device_name": "cpu", "threads_used": 2}
     if mem is not None:
         m.update(mem_peak_mb=round(mem, 2), mem_baseline_mb=310.5, mem_method="vmhwm")
     if analytic is not None:
         m["mem_analytic_mb"] = round(analytic, 2)
     if compile_s is not None:
         m.update(compile_s=compile_s, lower_s=round(compile_s / 5, 4))
+    window = float(sum(samples))
+    before = Snapshot(wall_s=0.0, busy_s=100.0, steal_s=0.0, own_cpu_s=1.0, own_invol=10,
+                      own_vol=5)
+    after = Snapshot(wall_s=window, busy_s=100.0 + window * 2 * (0.95 + others_cpu),
+                     steal_s=0.0, own_cpu_s=1.0 + window * 2 * 0.95, own_invol=10 + repeats,
+                     own_vol=5 + repeats)
+    m.update(machine_metrics(before, after, [0, 1]), machine_load_avg=2.1)
+    reasons = unstable_reasons(m, 0.05)
+    m.update(unstable=bool(reasons), unstable_reasons=reasons)
     return m
 
 
@@ -189,12 +224,8 @@ def torch_run() -> tuple[dict, list[dict]]:
          "denominator": {"variant": "full-fused", "length": 2048, "mode": "forward-backward"},
          "max_ratio": 1.0},
     ]
-    meta = {"schema": 1, "run_id": run_id,
-            "suite": {"name": "golden", "description": "Golden example run for report tests",
-                      "contracts": contracts},
-            "environment": environment({"torch": "2.13.0", "numpy": "2.1.0"}, "2bec1f8"),
-            "argv": ["attnbench", "run", "suites/golden.toml"], "started_at": STARTED}
-    return meta, rows
+    return meta(run_id, "golden", "Golden example run for report tests",
+                environment({"torch": "2.13.0", "numpy": "2.1.0"}), contracts), rows
 
 
 def jax_run() -> tuple[dict, list[dict]]:
@@ -214,17 +245,16 @@ def jax_run() -> tuple[dict, list[dict]]:
                     "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1073741824 "
                     "bytes.")))
                 continue
+            # one case timed while another process took the CPUs: marked unstable
             metrics = timed_metrics(t, mem, attention_mb(variant, length, n_hashes), length,
-                                    compile_s=round(0.3 + length / 4000, 3))
+                                    compile_s=round(0.3 + length / 4000, 3),
+                                    others_cpu=0.6 if (variant, length) == ("lsh", 1024)
+                                    else 0.01)
             metrics["xla_temp_mb"] = round(mem * 0.9, 2)
             rows.append(row(run_id, case, metrics=metrics))
-    meta = {"schema": 1, "run_id": run_id,
-            "suite": {"name": "golden", "description": "JAX half of the golden run",
-                      "contracts": []},
-            "environment": environment({"jax": "0.7.2", "jaxlib": "0.7.2"}, "2bec1f8"),
-            "argv": ["attnbench", "run", "suites/golden.toml", "--framework", "jax"],
-            "started_at": STARTED}
-    return meta, rows
+    return meta(run_id, "golden", "JAX half of the golden run",
+                environment({"jax": "0.7.2", "jaxlib": "0.7.2"}),
+                argv=["attnbench", "run", "suites/golden.toml", "--framework", "jax"]), rows
 
 
 def evil_run() -> tuple[dict, list[dict]]:
@@ -236,22 +266,20 @@ def evil_run() -> tuple[dict, list[dict]]:
                n_buckets=16, chunk_len=32, suite="<script>alert(1)</script>")
     rows = [row(run_id, case, metrics=timed_metrics(0.01, 12.0, None, 256)),
             row(run_id, bad, "error", error="<script>alert(3)</script> & </td></table>")]
-    meta = {"schema": 1, "run_id": run_id,
-            "suite": {"name": "<script>alert(1)</script>",
-                      "description": "</style><b onmouseover=alert(4)>hi</b>", "contracts": [
-                          {"name": "<i>ratio</i>", "metric": "time_median_s",
-                           "numerator": {"variant": "lsh"},
-                           "denominator": {"variant": "<img src=x onerror=alert(2)>"},
-                           "max_ratio": 1.0}]},
-            "environment": environment({"torch": "<svg onload=alert(5)>"}, "deadbee"),
-            "argv": ["attnbench", "run", "<script>alert(6)</script>"], "started_at": STARTED}
-    return meta, rows
+    contracts = [{"name": "<i>ratio</i>", "metric": "time_median_s",
+                  "numerator": {"variant": "lsh"},
+                  "denominator": {"variant": "<img src=x onerror=alert(2)>"},
+                  "max_ratio": 1.0}]
+    return meta(run_id, "<script>alert(1)</script>", "</style><b onmouseover=alert(4)>hi</b>",
+                environment({"torch": "<svg onload=alert(5)>"}, "deadbeef" * 5), contracts,
+                argv=["attnbench", "run", "<script>alert(6)</script>"]), rows
 
 
-def write_run(name: str, meta: dict, rows: list[dict], tail: str = "") -> None:
+def write_run(name: str, run_meta: RunMeta, rows: list[dict], tail: str = "") -> None:
     path = HERE / name
     path.mkdir(exist_ok=True)
-    (path / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    (path / "meta.json").write_text(json.dumps(run_meta.to_dict(), indent=2, sort_keys=True)
+                                    + "\n")
     with open(path / "results.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(r, sort_keys=True) + "\n")
@@ -259,14 +287,19 @@ def write_run(name: str, meta: dict, rows: list[dict], tail: str = "") -> None:
 
 
 def pytest_benchmark_file() -> dict:
-    def bench(name, length, median, extra):
+    def bench(variant, length, median, extra, **settings):
+        """One benchmark as attnbench's fixture records it (its extra_info keys)."""
+        case = build_case(variant=variant, framework="torch", mode="forward-backward",
+                          length=length, **settings)
         samples = [round(median * (1 + 0.03 * float(x)), 7) for x in RNG.standard_normal(9)]
         q1, q3 = np.percentile(samples, [25, 75])
+        name = variant.replace("-", "_")
         return {"group": "forward-backward", "name": f"test_{name}[L{length}]",
                 "fullname": f"benchmarks/test_layers.py::test_{name}[L{length}]",
                 "params": {"length": length}, "param": f"L{length}",
-                "extra_info": {"variant": name, "framework": "torch",
-                               "mode": "forward-backward", **extra},
+                "extra_info": {**_flat_case_fields(case), "case": case.to_dict(),
+                               "case_id": case.case_id, "label": case.label(), **extra,
+                               "status": "ok"},
                 "options": {"disable_gc": False, "timer": "perf_counter", "min_rounds": 5,
                             "max_time": 1.0, "min_time": 5e-06, "warmup": False},
                 "stats": {"min": min(samples), "max": max(samples),
@@ -279,9 +312,9 @@ def pytest_benchmark_file() -> dict:
                           "data": samples, "iterations": 1}}
     benches = []
     for length in (512, 1024, 2048):
-        benches.append(bench("lsh", length, 2.5e-6 * length, {"n_hashes": 2,
-                                                              "mem_peak_mb": length / 40}))
-        benches.append(bench("full_fused", length, 6e-10 * length**2,
+        benches.append(bench("lsh", length, 2.5e-6 * length, {"mem_peak_mb": length / 40},
+                             n_hashes=2))
+        benches.append(bench("full-fused", length, 6e-10 * length**2,
                              {"mem_peak_mb": length**2 / 2.6e5}))
     return {"machine_info": {"node": "bench-1", "processor": "x86_64", "machine": "x86_64",
                              "python_implementation": "CPython", "python_version": "3.11.2",
@@ -298,10 +331,8 @@ def main() -> None:
     # a run killed mid-write: its last line is cut off and must be ignored
     write_run("jax-cpu", *jax_run(), tail='{"schema": 1, "run_id": "golden-jax-cpu", "cas')
     write_run("evil", *evil_run())
-    empty_meta = {"schema": 1, "run_id": "golden-empty",
-                  "suite": {"name": "empty", "description": "started, nothing finished"},
-                  "environment": {}, "argv": [], "started_at": STARTED}
-    write_run("empty", empty_meta, [])
+    write_run("empty", meta("golden-empty", "empty", "started, nothing finished",
+                            environment({"torch": "2.13.0"})), [])
     (HERE / "pytest_benchmark.json").write_text(
         json.dumps(pytest_benchmark_file(), indent=2) + "\n")
 

@@ -1,0 +1,131 @@
+"""The run's metadata (``meta.json``) as one typed schema, used by its writer and every reader.
+
+``attnbench run`` writes a :class:`RunMeta` once when a run starts (:meth:`RunStore.create
+<attnbench.store.RunStore.create>`); the report, ``compare`` and ``check`` read it back with
+:meth:`RunMeta.from_dict`, which refuses a key the schema does not know (a writer and a reader
+that disagree fail loudly instead of showing ``-``). A key the schema knows but a file lacks
+reads as its default, so a run written before a field existed still loads.
+
+Nothing here imports torch or jax; :func:`attnbench.measure.environment.capture` fills
+:class:`Environment`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class MetaError(ValueError):
+    """A ``meta.json`` (or a part of it) that does not follow the schema."""
+
+
+def _known(cls, data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise MetaError(f"{where}: expected an object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise MetaError(f"{where}: unknown key(s) {unknown}; the schema has {sorted(names)}")
+    return data
+
+
+@dataclass(frozen=True)
+class GitInfo:
+    """The attnbench checkout a run measured with."""
+
+    sha: str | None = None
+    dirty: bool | None = None   # uncommitted changes to tracked files
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "git") -> GitInfo:
+        return cls(**_known(cls, data, where))
+
+    @property
+    def short(self) -> str | None:
+        if not self.sha:
+            return None
+        return self.sha[:10] + ("+dirty" if self.dirty else "")
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Where a run measured: interpreter, machine, versions, threads, GPU, commit, settings."""
+
+    python: str | None = None
+    executable: str | None = None
+    platform: str | None = None
+    hostname: str | None = None
+    cpu: str | None = None
+    cpu_count: int | None = None
+    cpu_affinity: int | None = None       # CPUs this process may run on
+    memory_total_mb: float | None = None
+    # The threads a framework starts with in a fresh process here (torch.get_num_threads());
+    # a case's ``threads`` overrides it, and each row records ``threads_used``.
+    threads: int | None = None
+    packages: dict[str, str | None] = field(default_factory=dict)
+    git: GitInfo = field(default_factory=GitInfo)
+    env_vars: dict[str, str] = field(default_factory=dict)
+    gpu: list[dict[str, Any]] | None = None   # NVML's devices; None without a driver
+    frameworks: dict[str, Any] | None = None  # the torch / jax probe; None when not probed
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "environment") -> Environment:
+        data = dict(_known(cls, data, where))
+        if "git" in data:
+            data["git"] = GitInfo.from_dict(data["git"] or {}, f"{where}.git")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SuiteInfo:
+    """The suite a run measured, as parsed (so a run says what it asked for)."""
+
+    name: str = ""
+    description: str = ""
+    path: str | None = None
+    digest: str | None = None          # hash of the suite's case ids: resume checks it
+    n_cases: int | None = None
+    contracts: list[dict[str, Any]] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)  # the parsed TOML
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "suite") -> SuiteInfo:
+        return cls(**_known(cls, data, where))
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """``meta.json``: written once when a run starts."""
+
+    run_id: str
+    started_at: str | None = None      # ISO 8601, UTC
+    argv: list[str] = field(default_factory=list)
+    suite: SuiteInfo = field(default_factory=SuiteInfo)
+    environment: Environment | None = None   # None: the source recorded none
+    schema: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "meta.json") -> RunMeta:
+        data = dict(_known(cls, data, where))
+        if data.get("schema", SCHEMA_VERSION) != SCHEMA_VERSION:
+            raise MetaError(f"{where}: schema {data.get('schema')!r}, this attnbench reads "
+                            f"schema {SCHEMA_VERSION}")
+        if not isinstance(data.get("run_id"), str) or not data["run_id"]:
+            raise MetaError(f"{where}: run_id must be a non-empty string, "
+                            f"got {data.get('run_id')!r}")
+        if "suite" in data:
+            data["suite"] = SuiteInfo.from_dict(data["suite"] or {}, f"{where}: suite")
+        if data.get("environment") is not None:
+            data["environment"] = Environment.from_dict(data["environment"],
+                                                        f"{where}: environment")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

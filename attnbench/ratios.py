@@ -1,0 +1,137 @@
+"""Same-run ratio contracts: what a suite claims, evaluated on one run's rows.
+
+A suite states what it expects as ratios of two of its own cases, measured in the same run (so
+the claim transfers across machines), e.g.::
+
+    {"name": "LSH-1 fwd+bwd at 4096 <= 0.5x full", "metric": "time_median_s",
+     "numerator": {"variant": "lsh", "n_hashes": 1, "length": 4096, "mode": "forward-backward"},
+     "denominator": {"variant": "full-fused", "length": 4096, "mode": "forward-backward"},
+     "max_ratio": 0.5}
+
+``min_ratio`` may stand instead of or beside ``max_ratio``. A selector matches a row when every
+key it names equals the row's case field (a key that is not a case field is looked up in the
+case's ``options``). Each selector must match exactly one row and that row must be ``ok``;
+otherwise the contract fails with a message saying what was missing, ambiguous or not ok (an
+OOM'd numerator is a violation, its status named). The suite parser validates the syntax;
+this module only evaluates; ``attnbench check`` (:mod:`attnbench.contracts`) and the report's
+contracts table both use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from attnbench.runs import latest_per_case, row_case, row_label, row_metrics
+
+
+@dataclass(frozen=True)
+class ContractResult:
+    name: str
+    passed: bool
+    message: str                      # what was measured, or why it could not be
+    metric: str | None = None
+    ratio: float | None = None        # numerator / denominator when both were measured
+    numerator_value: float | None = None
+    denominator_value: float | None = None
+    numerator_label: str | None = None
+    denominator_label: str | None = None
+    max_ratio: float | None = None
+    min_ratio: float | None = None
+
+    @property
+    def bound(self) -> str:
+        parts = []
+        if self.min_ratio is not None:
+            parts.append(f">= {self.min_ratio:g}")
+        if self.max_ratio is not None:
+            parts.append(f"<= {self.max_ratio:g}")
+        return " and ".join(parts) or "(no bound)"
+
+
+class _SelectionFailed(Exception):
+    pass
+
+
+def selector_matches(selector: dict[str, Any], case: dict[str, Any]) -> bool:
+    options = case.get("options") if isinstance(case.get("options"), dict) else {}
+    for key, want in selector.items():
+        if key in case:
+            have = case[key]
+        elif key in options:
+            have = options[key]
+        else:
+            return False
+        if have != want:
+            return False
+    return True
+
+
+def _describe(selector: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}={v!r}" for k, v in selector.items()) + "}"
+
+
+def _select(rows: list[dict[str, Any]], selector: dict[str, Any], role: str) -> dict[str, Any]:
+    if not isinstance(selector, dict) or not selector:
+        raise _SelectionFailed(f"{role} selector is missing or empty")
+    matches = [row for row in rows if selector_matches(selector, row_case(row))]
+    if not matches:
+        raise _SelectionFailed(f"no case matches {role} {_describe(selector)}")
+    if len(matches) > 1:
+        labels = ", ".join(row_label(r) for r in matches[:6])
+        more = f" and {len(matches) - 6} more" if len(matches) > 6 else ""
+        raise _SelectionFailed(f"{role} {_describe(selector)} is ambiguous: it matches "
+                               f"{len(matches)} cases ({labels}{more}); name more fields")
+    row = matches[0]
+    if row.get("status") != "ok":
+        error = row.get("error")
+        detail = f": {str(error).strip().splitlines()[-1]}" if error else ""
+        raise _SelectionFailed(f"{role} {row_label(row)} is "
+                               f"{row.get('status')}{detail}")
+    return row
+
+
+def _metric_value(row: dict[str, Any], metric: str, role: str) -> float:
+    value = row_metrics(row).get(metric)
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        raise _SelectionFailed(f"{role} {row_label(row)} has no {metric}")
+    return float(value)
+
+
+def evaluate_contract(rows: list[dict[str, Any]], contract: dict[str, Any]) -> ContractResult:
+    name = str(contract.get("name") or "unnamed contract")
+    metric = contract.get("metric") or "time_median_s"
+    max_ratio = contract.get("max_ratio")
+    min_ratio = contract.get("min_ratio")
+    common = {"name": name, "metric": metric, "max_ratio": max_ratio, "min_ratio": min_ratio}
+    if max_ratio is None and min_ratio is None:
+        return ContractResult(passed=False, message="neither max_ratio nor min_ratio given",
+                              **common)
+    try:
+        num_row = _select(rows, contract.get("numerator"), "numerator")
+        den_row = _select(rows, contract.get("denominator"), "denominator")
+        num_label, den_label = row_label(num_row), row_label(den_row)
+        num = _metric_value(num_row, metric, "numerator")
+        den = _metric_value(den_row, metric, "denominator")
+        if den == 0:
+            raise _SelectionFailed(f"denominator {den_label} has {metric} = 0")
+    except _SelectionFailed as failed:
+        return ContractResult(passed=False, message=str(failed), **common)
+    ratio = num / den
+    passed = ((max_ratio is None or ratio <= max_ratio)
+              and (min_ratio is None or ratio >= min_ratio))
+    result = ContractResult(passed=passed, message="", ratio=ratio, numerator_value=num,
+                            denominator_value=den, numerator_label=num_label,
+                            denominator_label=den_label, **common)
+    message = (f"{metric}: {num_label} {num:.4g} / {den_label} {den:.4g} = {ratio:.3g} "
+               f"(want {result.bound})")
+    return ContractResult(**{**result.__dict__, "message": message})
+
+
+def evaluate_contracts(rows: Iterable[dict[str, Any]],
+                       contracts: Iterable[dict[str, Any]]) -> list[ContractResult]:
+    """Evaluate every contract on one run's rows (the last row of each case counts)."""
+    rows = latest_per_case(list(rows))
+    return [evaluate_contract(rows, c) for c in contracts]
