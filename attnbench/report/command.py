@@ -41,15 +41,23 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | Non
                                 tables.failures_table(frame), tables.cases_table(frame),
                                 tables.runs_table(sources),
                                 tables.run_details_table(sources))}
-    sections, nav = [], []
+    sections, nav, absent = [], [], []
     for key in SECTIONS_ORDER:
         if key == "figures":
             for f in figure_results:
+                if f.empty:  # nothing to draw: one line for all of them, not a box each
+                    absent.append((f.title, f.note.removeprefix("Nothing to draw: ")))
+                    continue
                 sections.append(html.render_figure(f))
                 nav.append((f.key, f.title))
+        elif not table[key].rows:
+            absent.append((table[key].title, table[key].empty_note))
         else:
             sections.append(html.render_table(table[key]))
             nav.append((key, table[key].title))
+    if absent:
+        sections.append(html.render_absent(absent))
+        nav.append(("not-in-these-runs", "Not in these runs"))
     title = title or "attnbench report: " + ", ".join(s.run_id for s in sources)
     statuses = frame["status"].value_counts().to_dict() if len(frame) else {}
     unstable = tables.unstable_count(frame)
@@ -73,7 +81,8 @@ def _pattern_figure(figures, pattern):
     draw.caption = pattern.CAPTION
     title = "Attention pattern: exact vs LSH (paper Figure 2)"
     result = figures.render_one("attention-pattern", title, "", draw)
-    return figures.FigureResult(result.key, result.title, draw.caption, result.svg, result.note)
+    return figures.FigureResult(result.key, result.title, draw.caption, result.svg, result.note,
+                                result.empty)
 
 
 def default_output(sources: list[Source]) -> Path:

@@ -30,6 +30,7 @@ class FigureResult:
     caption: str
     svg: str | None = None   # the figure, as SVG text
     note: str | None = None  # why there is no figure
+    empty: bool = False      # nothing to draw (not an error): listed in one line of the page
 
 
 def _pyplot():
@@ -519,7 +520,7 @@ def render_one(key, title, caption, draw, *args) -> FigureResult:
         fig = draw(*args)
     except NoData as missing:
         plt.close("all")
-        return FigureResult(key, title, caption, note=f"Nothing to draw: {missing}.")
+        return FigureResult(key, title, caption, note=f"Nothing to draw: {missing}.", empty=True)
     except Exception as exc:  # a figure that fails must not take the report down
         plt.close("all")
         return FigureResult(key, title, caption,

@@ -75,6 +75,13 @@ def render_figure(figure: FigureResult) -> str:
     return "".join(parts)
 
 
+def render_absent(absent: list[tuple[str, str]]) -> str:
+    """The sections these runs have nothing for, in one line: title (why)."""
+    items = "; ".join(f"<b>{esc(title)}</b> ({esc(why.rstrip('.'))})" for title, why in absent)
+    return (f'<section id="not-in-these-runs"><h2>Not in these runs</h2>'
+            f'<p class="caption">{items}.</p></section>')
+
+
 def render_page(title: str, subtitle: str, notes: list[str], sections: list[str],
                 nav: list[tuple[str, str]]) -> str:
     links = "".join(f'<a href="#{esc(key)}">{esc(label)}</a>' for key, label in nav)

@@ -46,12 +46,14 @@ def _die_with_runner() -> None:
         os._exit(1)
 
 
-def _limit_cpu_threads(threads: int | None) -> None:
-    if not threads or not hasattr(os, "sched_setaffinity"):
+def _pin_cpus(threads: int | None) -> None:
+    """Pin this worker to a fixed set of CPUs: the first ``threads`` it may use (all of them
+    when the case does not say), so each case runs where the last one did; the row records
+    the set (``cpus``). JAX sizes its thread pool from this set."""
+    if not hasattr(os, "sched_setaffinity"):
         return
     allowed = sorted(os.sched_getaffinity(0))
-    if threads < len(allowed):
-        os.sched_setaffinity(0, allowed[:threads])
+    os.sched_setaffinity(0, allowed[:threads] if threads else allowed)
 
 
 def measure_timed(case: Case) -> dict:
@@ -132,7 +134,7 @@ def main() -> int:
         for ref in case.plugins:
             load_plugin(ref)
         if case.device == "cpu":
-            _limit_cpu_threads(case.threads)
+            _pin_cpus(case.threads)
         if case.memory_limit_mb:
             os.environ["ATTNBENCH_MEMORY_LIMIT_MB"] = str(case.memory_limit_mb)
         result = {"status": "ok", "error": None, "metrics": finite_or_none(measure(case))}

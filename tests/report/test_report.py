@@ -100,7 +100,11 @@ def test_empty_and_failed_runs_render_notes_instead_of_figures(tmp_path):
                                 attention_pattern=False)
     page = path.read_text()
     assert '<img class="figure"' not in page
-    assert page.count("Nothing to draw") == len(figures.FIGURES)
+    # every figure has nothing to draw: one line lists them, no box each
+    assert "Nothing to draw" not in page and page.count('<p class="note">') == 0
+    [absent] = re.findall(r'<section id="not-in-these-runs">.*?</section>', page)
+    for key, title, _, _ in figures.FIGURES:
+        assert f"<b>{title}</b> (" in absent and f'id="{key}"' not in page
     assert "oom at 1024" in page and "error at 4096" in page
     with open(tmp_path / "out" / "results.csv", newline="") as f:
         reader = csv.DictReader(f)
@@ -205,3 +209,10 @@ def test_an_unstable_case_is_marked_beside_its_number_and_counted(golden_report)
     page = golden_report.read_text()
     assert "; 1 marked unstable)" in page and 'class="unstable"' in page
     assert "1 case(s) are marked unstable" in page
+
+
+def test_every_drawn_figure_keeps_its_caption(golden_report):
+    page = golden_report.read_text()
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == page.count('<img class="figure"')
+    assert all(len(c) > 40 for c in captions), captions
