@@ -135,6 +135,7 @@ class AttentionBenchmark:
         (:data:`DEFAULT_ROUNDS` and :data:`DEFAULT_WARMUP_ROUNDS` for keyword settings); the
         recorded case says what was run (``min_repeats == max_repeats == rounds``).
         """
+        from attnbench.measure import machine
         from attnbench.variants import get_variant
 
         if self.case is not None:
@@ -172,14 +173,16 @@ class AttentionBenchmark:
         step = _make_step(case, variant)
         setup_s = time.perf_counter() - t0
         sync = _device_sync(case)
-        calls = {"setup": 0, "warmup_end": None}
+        calls = {"setup": 0, "warmup_end": None, "machine": None}
         warmup_start = time.perf_counter()
+        cpus = machine.worker_cpus()
 
         def before_round():
             sync()
             if calls["setup"] == warmup_rounds:  # the first timed round is next
                 calls["warmup_end"] = time.perf_counter()
                 step.memory.after_warmup()
+                calls["machine"] = machine.snapshot(cpus)
             calls["setup"] += 1
 
         step.memory.start()
@@ -192,6 +195,14 @@ class AttentionBenchmark:
         bench.extra_info["warmup_s"] = calls["warmup_end"] - warmup_start
         bench.extra_info["warmup_rounds"] = warmup_rounds
         bench.extra_info.update(_work_metrics(case, variant, bench.stats.stats.median))
+        # what the machine did over the timed rounds, and the unstable mark, as the worker does
+        stats = bench.stats.stats
+        noise = {"time_rel_iqr": stats.iqr / stats.median if stats.median > 0 else None,
+                 "time_repeats": stats.rounds,
+                 **machine.machine_metrics(calls["machine"], machine.snapshot(cpus), cpus)}
+        reasons = machine.unstable_reasons(noise, case.target_rel_iqr)
+        bench.extra_info.update({k: v for k, v in noise.items() if k.startswith(
+            ("machine_", "worker_", "cpus"))}, unstable=bool(reasons), unstable_reasons=reasons)
         bench.extra_info["status"] = "ok"
         return bench.extra_info
 

@@ -104,6 +104,10 @@ def test_benchmark_json_carries_memory_work_case_compile_and_accuracy(pytester, 
         assert info["tokens_per_s"] == pytest.approx(case.tokens / stats["median"])
         # the warm-up round ran before the peak reset and the first timed round
         assert info["warmup_rounds"] == 1 and info["warmup_s"] > 0.5 * stats["min"], info
+        # the machine over the timed rounds, and the mark the runner's worker would give
+        assert info["cpus"] and info["machine_window_s"] > 0, info
+        assert isinstance(info["unstable"], bool) and isinstance(info["unstable_reasons"], list)
+        assert info["unstable"] == bool(info["unstable_reasons"])
 
     torch_info = benchmarks["test_torch_lsh_from_settings"]["extra_info"]
     assert torch_info["n_hashes"] == 2 and torch_info["n_buckets"] == 8
