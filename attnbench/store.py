@@ -42,8 +42,11 @@ their own metrics (``approx_*``, ``task_*``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,11 @@ from attnbench.meta import SCHEMA_VERSION, MetaError, RunMeta
 STATUSES = ("ok", "oom", "timeout", "error", "skipped")
 META_FILE = "meta.json"
 RESULTS_FILE = "results.jsonl"
+LOCK_FILE = ".lock"
+# What attnbench itself writes into a run directory; anything else means it belongs to
+# something else (the report's files and checkpoints included, a run may hold these).
+RUN_FILES = {META_FILE, RESULTS_FILE, LOCK_FILE, "results.csv", "index.html", "checkpoints",
+             f"{META_FILE}.tmp"}
 
 
 class StoreError(RuntimeError):
@@ -75,6 +83,50 @@ class RunStore:
 
     def exists(self) -> bool:
         return self.meta_path.is_file()
+
+    def check_usable(self) -> None:
+        """Refuse a directory that is not ours to write: one holding files of something else,
+        or rows whose ``meta.json`` is gone (a new meta would claim them for another run)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"{self.path}: exists and is not a directory; choose another --out")
+        if not self.path.is_dir() or self.exists():
+            return
+        if self.results_path.exists():
+            raise StoreError(f"{self.path}: holds {RESULTS_FILE} but no {META_FILE}, so whose "
+                             "rows they are is lost; move the directory aside (or --fresh does) "
+                             "or choose another --out")
+        foreign = sorted(p.name for p in self.path.iterdir() if p.name not in RUN_FILES)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
+                                              if len(foreign) > 5 else "")
+            raise StoreError(f"{self.path}: not empty and not a run (it holds {shown}); "
+                             "choose another --out")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this run directory for one runner: an OS lock (``flock``) on ``.lock``, which
+        the kernel releases when the holder dies, so a killed run never blocks its resume."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.path / LOCK_FILE, "a+", encoding="utf-8")
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise StoreError(f"{self.path} is in use by another attnbench run ({holder}); "
+                                 "wait for it to finish, or use --out for another directory") \
+                    from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            f.flush()
+            yield
+        finally:
+            f.close()  # closing releases the lock
 
     def create(self, meta: RunMeta) -> None:
         """Start a run: write ``meta.json`` (atomically) and an empty ``results.jsonl``."""
@@ -111,12 +163,13 @@ class RunStore:
             os.fsync(f.fileno())
 
     def rows(self) -> Iterator[dict[str, Any]]:
-        """Every complete row; a trailing line cut off by a kill is skipped."""
+        """Every complete row. A last line without its newline counts when it parses (the
+        write finished, the newline did not); one cut off mid-row is skipped and runs again."""
         if not self.results_path.is_file():
             return
         with open(self.results_path, encoding="utf-8") as f:
             for line in f:
-                if not line.endswith("\n"):
+                if not line.endswith("\n") and _torn(line):
                     break  # the last write was interrupted: that case runs again
                 try:
                     yield json.loads(line)
@@ -124,16 +177,32 @@ class RunStore:
                     continue
 
     def repair(self) -> None:
-        """Drop a trailing partial line so the next append starts on a fresh line."""
+        """Make the file end on a fresh line before the next append: a last row that parses
+        gets its newline; one cut off mid-write is dropped."""
         if not self.results_path.is_file():
             return
         data = self.results_path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data[: data.rfind(b"\n") + 1]
+        if not data or data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        if _torn(data[start:].decode("utf-8", errors="replace")):
             with open(self.results_path, "wb") as f:
-                f.write(keep)
+                f.write(data[:start])
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            with open(self.results_path, "ab") as f:
+                f.write(b"\n")
                 f.flush()
                 os.fsync(f.fileno())
 
     def done_ids(self) -> set[str]:
         return {row["case_id"] for row in self.rows()}
+
+
+def _torn(line: str) -> bool:
+    """A last line that is not a whole JSON object: a write cut off by a kill."""
+    try:
+        return not isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return True

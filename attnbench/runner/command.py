@@ -9,6 +9,7 @@ command again resumes it. A directory holding a different version of the suite i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import sys
 from pathlib import Path
@@ -105,13 +106,25 @@ def run(args: argparse.Namespace) -> int:
         suite.name + (f"-{args.device.replace(':', '')}" if args.device else ""))
     store = RunStore(out)
     digest = _digest(everything)
-    try:
-        run_id = _open_run(store, suite, digest, args)
-    except StoreError as exc:
-        print(f"attnbench run: error: {exc}", file=sys.stderr)
-        return 2
-    from attnbench.runner.run import run_cases
+    with contextlib.ExitStack() as held:
+        try:
+            if args.fresh and (store.exists() or store.results_path.exists()):
+                with store.lock():  # no other runner is using what --fresh moves aside
+                    _move_aside(store)
+            store.check_usable()
+            held.enter_context(store.lock())  # one runner per run directory, for the run
+            run_id = _open_run(store, suite, digest)
+        except (StoreError, OSError) as exc:
+            print(f"attnbench run: error: {exc}", file=sys.stderr)
+            return 2
+        return _run_and_export(store, selected, run_id, args)
 
+
+def _run_and_export(store: RunStore, selected, run_id: str, args) -> int:
+    from attnbench.runner.run import run_cases
+    from attnbench.runs import load_source, write_results_csv
+
+    out = store.path
     print(f"run {run_id}: {len(selected)} case(s) -> {out}", file=sys.stderr)
     try:
         counts = run_cases(selected, store, run_id, progress=not args.no_progress)
@@ -119,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: finished cases are saved in {out}; run the same command again "
               "to resume", file=sys.stderr)
         return 130
-    from attnbench.runs import load_source, write_results_csv
-
     n = write_results_csv([load_source(out)], out / "results.csv")
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing new to run"
     print(f"{summary}; {n} row(s) in {out / 'results.jsonl'} and {out / 'results.csv'}",
@@ -136,13 +147,16 @@ def _digest(cases) -> str:
     return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:12]
 
 
-def _open_run(store: RunStore, suite: Suite, digest: str, args) -> str:
+def _move_aside(store: RunStore) -> None:
+    """--fresh: the previous run keeps its rows, under ``<dir>.old-<stamp>``."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside = store.path.with_name(f"{store.path.name}.old-{stamp}")
+    store.path.rename(aside)
+    print(f"moved the previous run to {aside}", file=sys.stderr)
+
+
+def _open_run(store: RunStore, suite: Suite, digest: str) -> str:
     """Start the run, or resume it when it holds the same suite; returns the run id."""
-    if store.exists() and args.fresh:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        aside = store.path.with_name(f"{store.path.name}.old-{stamp}")
-        store.path.rename(aside)
-        print(f"moved the previous run to {aside}", file=sys.stderr)
     if store.exists():
         meta = store.read_meta()
         if meta.suite.digest != digest:

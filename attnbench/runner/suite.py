@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,6 +47,10 @@ _INT_FIELDS = ("batch", "length", "d_model", "n_heads", "d_ff", "depth", "vocab_
                "n_hashes", "chunk_len", "ff_chunk_len", "threads", "warmup", "min_repeats",
                "max_repeats", "memory_limit_mb")
 _MINIMUM = {"warmup": 0, "seed": 0}
+
+
+# A suite's name becomes reports/runs/<name>: no separators, no '.' or '..', nothing hidden.
+SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class SuiteError(ValueError):
@@ -83,8 +88,10 @@ def parse_suite(data: dict, where: str = "<suite>") -> Suite:
     if unknown:
         fail(unknown[0], f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
     name = data.get("name")
-    if not isinstance(name, str) or not name.strip():
-        fail("name", "required, a non-empty string")
+    if not isinstance(name, str) or not SUITE_NAME.fullmatch(name):
+        fail("name", f"{name!r}: required, 1-64 characters of letters, digits, '.', '_' and "
+             "'-', starting with a letter or digit (it names the run directory; --out "
+             "chooses another)")
     description = data.get("description", "")
     if not isinstance(description, str):
         fail("description", "must be a string")

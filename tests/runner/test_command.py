@@ -58,6 +58,29 @@ def test_a_different_suite_in_the_same_directory_is_refused(tmp_path):
     assert len(list(tmp_path.glob("run.old-*"))) == 1
 
 
+def test_a_directory_that_is_not_a_run_is_refused_before_anything_runs(tmp_path):
+    """A run never writes into something else's directory, nor gives orphaned rows a new
+    meta (another run id and environment) of its own."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "results.csv").write_text("someone else's numbers\n")
+    (foreign / "notes.txt").write_text("keep\n")
+    out = attnbench("run", "smoke", "--out", str(foreign), "--no-progress")
+    assert out.returncode == 2 and "not empty and not a run" in out.stderr, out.stderr
+    assert (foreign / "results.csv").read_text() == "someone else's numbers\n"
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt", "results.csv"]
+    orphan = tmp_path / "orphan"
+    orphan.mkdir()
+    (orphan / "results.jsonl").write_text('{"case_id": "a"}\n')
+    out = attnbench("run", "smoke", "--out", str(orphan), "--no-progress")
+    assert out.returncode == 2 and "results.jsonl but no meta.json" in out.stderr, out.stderr
+    assert not (orphan / "meta.json").exists()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    out = attnbench("run", "smoke", "--out", str(a_file), "--no-progress")
+    assert out.returncode == 2 and "is not a directory" in out.stderr, out.stderr
+
+
 def test_list_and_env():
     listed = attnbench("list")
     assert listed.returncode == 0

@@ -108,10 +108,15 @@ max_repeats = 1
         if results.is_file() and results.read_text().count("\n") >= 1:
             break
         time.sleep(0.05)
+    # one runner per run directory: a second one is refused, naming the holder
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2, second.stderr
+    assert f"in use by another attnbench run (pid {proc.pid} " in second.stderr, second.stderr
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker, mid-sweep
     proc.wait()
     before = results.read_text().count("\n")
     assert 1 <= before < 4, "the kill must land mid-sweep"
+    # the killed runner's lock died with it: the resume is not blocked
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "resuming run" in done.stderr

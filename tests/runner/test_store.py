@@ -60,3 +60,16 @@ def test_flatten_and_csv(tmp_path):
     header, first, second = (tmp_path / "out.csv").read_text().splitlines()
     assert header.split(",")[:4] == ["run_id", "case_id", "label", "variant"]
     assert '"[0.4, 0.5]"' in first and "timeout" in second
+
+
+def test_a_valid_last_row_without_its_newline_is_kept(tmp_path):
+    """Only a row that does not parse is torn: a complete one is read, and repair adds the
+    newline instead of deleting it."""
+    store = create_run(tmp_path, "r")
+    store.append(row("a"))
+    with open(store.results_path, "a") as f:
+        f.write(json.dumps({"schema": SCHEMA_VERSION, **row("b")}))  # no newline
+    assert store.done_ids() == {"a", "b"}
+    store.repair()
+    store.append(row("c"))
+    assert [r["case_id"] for r in store.rows()] == ["a", "b", "c"]

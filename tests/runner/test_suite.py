@@ -73,6 +73,15 @@ def test_case_id_is_stable_and_ignores_how():
 
 @pytest.mark.parametrize("changes, key, rule", [
     ({"name": ""}, "name", "required"),
+    # the name becomes reports/runs/<name>: nothing that leaves it or is it
+    ({"name": "/tmp/x"}, "name", "letters, digits"),
+    ({"name": "../../../../tmp/x"}, "name", "letters, digits"),
+    ({"name": "."}, "name", "letters, digits"),
+    ({"name": ".."}, "name", "letters, digits"),
+    ({"name": "a/b"}, "name", "letters, digits"),
+    ({"name": ".hidden"}, "name", "letters, digits"),
+    ({"name": "x" * 65}, "name", "1-64 characters"),
+    ({"name": 5}, "name", "required"),
     ({"bogus": 1}, "bogus", "unknown key"),
     ({"sweep": []}, "sweep", "at least one"),
     ({"sweep": [{"variant": "lsh", "framework": "torch", "mode": "forward"}]},
