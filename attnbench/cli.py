@@ -61,13 +61,16 @@ def _export_arguments(p):
 
 
 def _export(args) -> int:
-    from attnbench.runs import SourceError, load_source, write_results_csv
+    from attnbench.runs import SourceError, load_source, unreadable_summary, write_results_csv
 
     try:
-        n = write_results_csv([load_source(args.run_dir)], args.csv)
+        source = load_source(args.run_dir)
     except SourceError as exc:
         print(f"attnbench export: error: {exc}", file=sys.stderr)
         return 2
+    for line in unreadable_summary([source]):
+        print(f"attnbench export: warning: {line} (left out of the CSV)", file=sys.stderr)
+    n = write_results_csv([source], args.csv)
     print(f"{n} row(s) -> {args.csv}", file=sys.stderr)
     return 0
 

@@ -35,7 +35,13 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from attnbench.runs import latest_per_case, load_source, row_label, row_metrics
+from attnbench.runs import (
+    latest_per_case,
+    load_source,
+    row_label,
+    row_metrics,
+    unreadable_summary,
+)
 from attnbench.units import format_seconds
 
 REGRESSION, IMPROVEMENT, UNCHANGED = "regression", "improvement", "unchanged"
@@ -330,6 +336,11 @@ def run(args: argparse.Namespace) -> int:
         base, head = load_source(args.base), load_source(args.head)
     except ValueError as exc:
         print(f"attnbench compare: error: {exc}", file=sys.stderr)
+        return 2
+    unreadable = unreadable_summary([base, head])
+    if unreadable:  # a row left out could be the regression
+        for line in unreadable:
+            print(f"attnbench compare: error: {line}", file=sys.stderr)
         return 2
     thresholds = Thresholds(max_time_ratio=args.max_time_ratio, max_mem_ratio=args.max_mem_ratio,
                             alpha=args.alpha, min_time_delta_s=args.min_time_delta_s,

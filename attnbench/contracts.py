@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from attnbench.ratios import evaluate_contracts
-from attnbench.runs import load_source
+from attnbench.runs import load_source, unreadable_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,11 @@ def run(args: argparse.Namespace) -> int:
         source = load_source(args.run)
     except ValueError as exc:
         print(f"attnbench check: error: {exc}", file=sys.stderr)
+        return 2
+    unreadable = unreadable_summary([source])
+    if unreadable:  # a contract judged without a row it needs would not be a pass
+        for line in unreadable:
+            print(f"attnbench check: error: {line}", file=sys.stderr)
         return 2
     contracts = source.contracts
     if not contracts:

@@ -97,7 +97,14 @@ class SuiteInfo:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "suite") -> SuiteInfo:
-        return cls(**_known(cls, data, where))
+        data = _known(cls, data, where)
+        for name in ("name", "description"):
+            if not isinstance(data.get(name, ""), str):
+                raise MetaError(f"{where}: {name} must be a string, not {data[name]!r}")
+        contracts = data.get("contracts", [])
+        if not isinstance(contracts, list) or not all(isinstance(c, dict) for c in contracts):
+            raise MetaError(f"{where}: contracts must be a list of objects, not {contracts!r}")
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,9 @@ class RunMeta:
         if not isinstance(data.get("run_id"), str) or not data["run_id"]:
             raise MetaError(f"{where}: run_id must be a non-empty string, "
                             f"got {data.get('run_id')!r}")
+        argv = data.get("argv", [])
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise MetaError(f"{where}: argv must be a list of strings, not {argv!r}")
         if "suite" in data:
             data["suite"] = SuiteInfo.from_dict(data["suite"] or {}, f"{where}: suite")
         if data.get("environment") is not None:

@@ -54,6 +54,9 @@ class Source:
     kind: str  # "run" (a run directory) or "pytest-benchmark"
     meta: RunMeta
     rows: list[dict[str, Any]] = field(default_factory=list)
+    # rows that could not be read, ``file:line: why`` each: every reader says so, and
+    # compare and check refuse to judge a run with any
+    problems: list[str] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:
@@ -105,8 +108,20 @@ def _load_run_dir(path: Path) -> Source:
         meta = store.read_meta()
     except StoreError as exc:
         raise SourceError(str(exc)) from None
-    rows = [row for row in store.rows() if isinstance(row, dict)]
-    return Source(path=path, kind="run", meta=meta, rows=latest_per_case(rows))
+    rows, problems = store.scan()
+    return Source(path=path, kind="run", meta=meta, rows=latest_per_case(rows),
+                  problems=problems)
+
+
+def unreadable_summary(sources: list[Source], limit: int = 5) -> list[str]:
+    """One line per source with unreadable rows: how many, and where (the first few)."""
+    lines = []
+    for s in sources:
+        if s.problems:
+            shown = "; ".join(s.problems[:limit])
+            more = f"; and {len(s.problems) - limit} more" if len(s.problems) > limit else ""
+            lines.append(f"{s.path}: {len(s.problems)} row(s) could not be read: {shown}{more}")
+    return lines
 
 
 def latest_per_case(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -162,19 +162,34 @@ class RunStore:
             f.flush()
             os.fsync(f.fileno())
 
-    def rows(self) -> Iterator[dict[str, Any]]:
-        """Every complete row. A last line without its newline counts when it parses (the
-        write finished, the newline did not); one cut off mid-row is skipped and runs again."""
+    def scan(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """(every valid row, what could not be read: ``file:line: why`` each). A last line
+        without its newline counts when it parses (the write finished, the newline did not);
+        one cut off mid-row is a kill's, not a problem: that case runs again on resume."""
+        rows: list[dict[str, Any]] = []
+        problems: list[str] = []
         if not self.results_path.is_file():
-            return
-        with open(self.results_path, encoding="utf-8") as f:
-            for line in f:
-                if not line.endswith("\n") and _torn(line):
-                    break  # the last write was interrupted: that case runs again
+            return rows, problems
+        with open(self.results_path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                if not raw.endswith(b"\n") and _torn(raw.decode("utf-8", errors="replace")):
+                    break
+                where = f"{self.results_path}:{number}"
                 try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
+                    row = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    problems.append(f"{where}: not a JSON row ({exc})")
                     continue
+                wrong = row_problem(row)
+                if wrong:
+                    problems.append(f"{where}: {wrong}")
+                    continue
+                rows.append(row)
+        return rows, problems
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every valid row (:meth:`scan` says what else the file holds)."""
+        yield from self.scan()[0]
 
     def repair(self) -> None:
         """Make the file end on a fresh line before the next append: a last row that parses
@@ -198,6 +213,28 @@ class RunStore:
 
     def done_ids(self) -> set[str]:
         return {row["case_id"] for row in self.rows()}
+
+
+def row_problem(row: Any) -> str | None:
+    """What is wrong with a stored row, against the schema above; None when nothing is."""
+    if not isinstance(row, dict):
+        return f"a row must be a JSON object, not {type(row).__name__}"
+    if row.get("schema") != SCHEMA_VERSION:
+        return f"schema {row.get('schema')!r}, this attnbench reads schema {SCHEMA_VERSION}"
+    if not isinstance(row.get("case_id"), str) or not row["case_id"]:
+        return f"case_id must be a non-empty string, not {row.get('case_id')!r}"
+    if not isinstance(row.get("case"), dict):
+        return "case must be an object"
+    if row.get("status") not in STATUSES:
+        return f"status {row.get('status')!r} is not one of {', '.join(STATUSES)}"
+    if not isinstance(row.get("metrics"), dict):
+        return "metrics must be an object"
+    for name, value in row["metrics"].items():
+        if name.endswith(("_s", "_mb", "_per_s", "_frac")) and not (
+                value is None or isinstance(value, int | float | list) and
+                not isinstance(value, bool)):
+            return f"metric {name} must be a number (or null), not {value!r}"
+    return None
 
 
 def _torn(line: str) -> bool:

@@ -58,3 +58,36 @@ def test_every_command_refuses_a_path_that_is_not_a_run(command, tmp_path, capsy
         err = capsys.readouterr().err
         assert str(path) in err and "error" in err, (what, err)
         assert not (tmp_path / "out.csv").exists(), what
+
+
+def test_every_reader_says_which_rows_it_could_not_read(tmp_path, capsys):
+    """report and export say how many and where; compare and check refuse to judge."""
+    from attnbench.runner.case import Case
+    from tests.runs import create_run
+
+    store = create_run(tmp_path / "run", contracts=[{
+        "name": "c", "metric": "time_median_s", "numerator": {"length": 64},
+        "denominator": {"length": 128}, "max_ratio": 10.0}])
+    for length in (64, 128):
+        case = Case(variant="full-fused", framework="torch", mode="forward", length=length)
+        store.append({"run_id": "run", "case_id": case.case_id, "case": case.to_dict(),
+                      "status": "ok", "error": None, "started_at": None, "wall_s": 1.0,
+                      "metrics": {"time_median_s": 0.001 * length}})
+        if length == 64:
+            with open(store.results_path, "a") as f:
+                f.write('{"garbled": \n')
+    run = str(tmp_path / "run")
+    where = f"{store.results_path}:2"
+    assert main(["export", run, "--csv", str(tmp_path / "out.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "1 row(s) could not be read" in err and where in err
+    assert (tmp_path / "out.csv").read_text().count("\n") == 3
+    assert main(["check", run]) == 2
+    assert where in capsys.readouterr().err
+    assert main(["compare", run, run]) == 2
+    assert where in capsys.readouterr().err
+    pytest.importorskip("seaborn")
+    assert main(["report", run, "-o", str(tmp_path / "report"),
+                 "--no-attention-pattern"]) == 0
+    assert where in capsys.readouterr().err
+    assert where in (tmp_path / "report" / "index.html").read_text()

@@ -12,7 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from attnbench.runs import Source, SourceError, load_sources, write_results_csv
+from attnbench.runs import (
+    Source,
+    SourceError,
+    load_sources,
+    unreadable_summary,
+    write_results_csv,
+)
 
 SECTIONS_ORDER = ("summary", "contracts", "largest-fit", "figures", "exponents", "failures",
                   "cases", "environment", "run-details")
@@ -115,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     except SourceError as exc:
         print(f"attnbench report: error: {exc}", file=sys.stderr)
         return 2
+    for line in unreadable_summary(sources):
+        print(f"attnbench report: warning: {line} (left out of the report)", file=sys.stderr)
     out_dir = Path(args.output) if args.output else default_output(sources)
     try:
         path = build_report(args.runs, out_dir, title=args.title,

@@ -11,7 +11,7 @@ from typing import Any
 
 from attnbench.ratios import evaluate_contracts
 from attnbench.report import derive
-from attnbench.runs import Source, row_metrics
+from attnbench.runs import Source, row_metrics, unreadable_summary
 from attnbench.store import STATUSES
 from attnbench.units import format_seconds
 
@@ -280,6 +280,7 @@ def _metric_getter(frame):
 def data_notes(sources: list[Source], frame) -> list[str]:
     """What is missing: empty runs, ok cases without the metric their mode should have."""
     notes = []
+    notes.extend(unreadable_summary(sources))
     for s in sources:
         if not s.rows:
             notes.append(f"Run {s.run_id} has no results (started, nothing finished yet).")

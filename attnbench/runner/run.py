@@ -149,7 +149,10 @@ def run_cases(cases: Sequence[Case], store: RunStore, run_id: str, *,
     store.repair()
     done = {}
     oom_lengths: dict[str, int] = {}
-    for row in store.rows():
+    rows, problems = store.scan()
+    for problem in problems:
+        print(f"warning: {problem}: left out (its case, if any, runs again)", file=sys.stderr)
+    for row in rows:
         done[row["case_id"]] = row
         if row["status"] == "oom":
             case = Case.from_dict(row["case"])

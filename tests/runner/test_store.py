@@ -73,3 +73,45 @@ def test_a_valid_last_row_without_its_newline_is_kept(tmp_path):
     store.repair()
     store.append(row("c"))
     assert [r["case_id"] for r in store.rows()] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("line, why", [
+    (b"\xff\xfe not text", "not a JSON row"),
+    (b'{"case_id": "x", "sta', "not a JSON row"),
+    (b"[1, 2]", "must be a JSON object, not list"),
+    (b'{"schema": 7}', "schema 7"),
+    (json.dumps({**row("x"), "schema": SCHEMA_VERSION, "case_id": None}).encode(),
+     "case_id must be a non-empty string"),
+    (json.dumps({**row("x"), "schema": SCHEMA_VERSION, "status": "fine"}).encode(),
+     "status 'fine' is not one of"),
+    (json.dumps({**row("x", time_median_s="fast"), "schema": SCHEMA_VERSION}).encode(),
+     "metric time_median_s must be a number"),
+])
+def test_a_bad_row_in_the_middle_is_named_with_file_and_line(tmp_path, line, why):
+    store = create_run(tmp_path, "r")
+    store.append(row("a"))
+    with open(store.results_path, "ab") as f:
+        f.write(line + b"\n")
+    store.append(row("b"))
+    rows, problems = store.scan()
+    assert [r["case_id"] for r in rows] == ["a", "b"]
+    [problem] = problems
+    assert problem.startswith(f"{store.results_path}:2: ") and why in problem, problem
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"run_id": 5}, "run_id must be a non-empty string"),
+    ({"argv": "attnbench run"}, "argv must be a list of strings"),
+    ({"suite": {"name": "s", "contracts": 5}}, "contracts must be a list of objects"),
+    ({"suite": {"name": "s", "contracts": [5]}}, "contracts must be a list of objects"),
+    ({"suite": {"name": 3}}, "name must be a string"),
+    ({"suite": {"nmae": "s"}}, "unknown key(s) ['nmae']"),
+    ({"environment": {"git_commit": "abc"}}, "unknown key(s) ['git_commit']"),
+])
+def test_a_bad_meta_is_a_named_error(tmp_path, change, why):
+    store = create_run(tmp_path, "r")
+    meta = {**json.loads(store.meta_path.read_text()), **change}
+    store.meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError) as raised:
+        store.read_meta()
+    assert str(store.meta_path) in str(raised.value) and why in str(raised.value)

@@ -129,11 +129,7 @@ def torch_run() -> tuple[dict, list[dict]]:
                 t, mem, attention_mb("lsh", length, n_hashes), length)))
     skipped = Case(variant="full-shared-qk", length=1024, **fb)
     rows.append(row(run_id, skipped, "skipped", error="not built in this suite (no --all)"))
-    # an older row with no metrics at all, and one with only a time (partial)
-    old = Case(variant="full-fused", length=128, **fb)
-    r = row(run_id, old)
-    del r["metrics"]
-    rows.append(r)
+    # a row with only a time (its memory meter recorded nothing)
     partial = Case(variant="lsh", length=128, n_hashes=1, n_buckets=4, chunk_len=32, **fb)
     rows.append(row(run_id, partial, metrics={"time_median_s": 0.0011}))
     # time over n_hashes x n_buckets, forward at 2048
