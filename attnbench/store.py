@@ -132,7 +132,8 @@ class RunStore:
         """Start a run: write ``meta.json`` (atomically) and an empty ``results.jsonl``."""
         self.path.mkdir(parents=True, exist_ok=True)
         tmp = self.meta_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True, default=str,
+                                  allow_nan=False) + "\n")
         os.replace(tmp, self.meta_path)
         self.results_path.touch()
 
@@ -156,7 +157,7 @@ class RunStore:
         """Append one result row and make it durable before returning."""
         if row.get("status") not in STATUSES:
             raise ValueError(f"status={row.get('status')!r}: must be one of {STATUSES}")
-        line = json.dumps({"schema": SCHEMA_VERSION, **row}, default=str)
+        line = json.dumps({"schema": SCHEMA_VERSION, **row}, default=str, allow_nan=False)
         with open(self.results_path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()

@@ -34,6 +34,29 @@ def _options(case, defaults: dict) -> dict:
     return {**defaults, **case.options}
 
 
+APPROX_INPUTS = ("random", "clustered", "trained")
+
+
+def check_options(case, variant: Variant) -> None:
+    """Refuse options a case's mode does not take, before anything runs (an unknown key would
+    change the case id and measure nothing different; a bad value would fail only in the
+    worker). Raises ``ValueError`` naming the option and the rule."""
+    if case.mode == "approx":
+        opts = _options(case, APPROX_OPTIONS)
+        if opts["inputs"] not in APPROX_INPUTS:
+            raise ValueError(f"options.inputs={opts['inputs']!r}: must be one of "
+                             f"{', '.join(APPROX_INPUTS)}")
+        for name in ("n_clusters", "n_seeds"):
+            value = opts[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"options.{name}={value!r}: must be an integer >= 1")
+    elif case.mode == "task":
+        task_config(case, variant)  # TaskConfig validates every field
+    elif case.options:
+        raise ValueError(f"options {sorted(case.options)}: mode {case.mode!r} takes no options "
+                         "(only approx and task do)")
+
+
 def measure_approx(case, variant: Variant) -> dict:
     if not variant.hashed or variant.kind != "layer":
         raise ValueError(f"mode 'approx' needs the LSH layer variant, not {variant.name!r}")

@@ -11,12 +11,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import math
+import re
 import sys
 from pathlib import Path
 
-from attnbench.runner.case import DEVICES, FRAMEWORKS
-from attnbench.runner.suite import Suite, SuiteError, filter_cases, load_suite
+from attnbench.runner.case import FRAMEWORKS
+from attnbench.runner.suite import MAX_CASES, Suite, SuiteError, filter_cases, load_suite
 from attnbench.store import RunStore, StoreError
+
+DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "suites"
 
@@ -62,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, metavar="S", help="per-case timeout in seconds "
                    "(overrides the suite's timeout_s)")
     p.add_argument("--dry-run", action="store_true", help="list the cases and exit")
+    p.add_argument("--max-cases", type=int, default=MAX_CASES, metavar="N",
+                   help="refuse a suite that expands to more cases (default %(default)s)")
     p.add_argument("--fresh", action="store_true",
                    help="move an existing run directory aside and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -71,8 +77,14 @@ def _cases(suite: Suite, args) -> tuple[list, list]:
     import dataclasses
 
     device = args.device
-    if device is not None and device.partition(":")[0] not in DEVICES:
-        raise SuiteError(f"--device {device!r}: must be cpu, cuda or cuda:N")
+    if device is not None and not DEVICE.fullmatch(device):
+        raise SuiteError(f"--device {device!r}: must be cpu, cuda or cuda:N (N a device index)")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise SuiteError(f"--timeout {args.timeout!r}: must be a positive, finite number of "
+                         "seconds")
+    if args.memory_limit is not None and args.memory_limit < 1:
+        raise SuiteError(f"--memory-limit {args.memory_limit!r}: must be an integer >= 1 (MiB; "
+                         "leave it out for no limit)")
     everything = filter_cases(suite.cases, device=device)
     overrides = {}
     if args.memory_limit is not None:
@@ -87,7 +99,7 @@ def _cases(suite: Suite, args) -> tuple[list, list]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        suite = load_suite(resolve_suite_path(args.suite))
+        suite = load_suite(resolve_suite_path(args.suite), max_cases=args.max_cases)
         everything, selected = _cases(suite, args)
     except SuiteError as exc:
         print(f"attnbench run: error: {exc}", file=sys.stderr)

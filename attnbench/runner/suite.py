@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attnbench.runner.accuracy_modes import check_options
 from attnbench.runner.case import DEVICES, DTYPES, FRAMEWORKS, MODES, Case
 from attnbench.spec import FRAMEWORK_KERNELS, LSH_KERNELS, default_n_buckets, resolve_kernel
 from attnbench.variants import VARIANTS, load_plugin
@@ -45,8 +46,11 @@ LSH_DEFAULTS = {"n_hashes": 1, "n_buckets": "auto", "chunk_len": 64, "kernel": "
 
 _INT_FIELDS = ("batch", "length", "d_model", "n_heads", "d_ff", "depth", "vocab_size",
                "n_hashes", "chunk_len", "ff_chunk_len", "threads", "warmup", "min_repeats",
-               "max_repeats", "memory_limit_mb")
+               "max_repeats", "memory_limit_mb", "seed")
 _MINIMUM = {"warmup": 0, "seed": 0}
+# A suite that expands past this many cases is refused unless the caller raises the limit
+# (attnbench run --max-cases): expanding millions takes minutes and gigabytes.
+MAX_CASES = 100_000
 
 
 # A suite's name becomes reports/runs/<name>: no separators, no '.' or '..', nothing hidden.
@@ -67,23 +71,27 @@ class Suite:
     source: dict = field(default_factory=dict)  # the parsed TOML, copied into meta.json
 
 
-def load_suite(path: str | Path) -> Suite:
+def load_suite(path: str | Path, max_cases: int = MAX_CASES) -> Suite:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SuiteError(f"{path}: cannot read suite ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); "
+                         "a suite is TOML") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: not valid TOML ({exc})") from None
-    return parse_suite(data, str(path))
+    return parse_suite(data, str(path), max_cases)
 
 
-def parse_suite(data: dict, where: str = "<suite>") -> Suite:
+def parse_suite(data: dict, where: str = "<suite>", max_cases: int = MAX_CASES) -> Suite:
     def fail(key: str, rule: str) -> None:
         raise SuiteError(f"{where}: {key}: {rule}")
 
+    _check_finite(data, "", fail)
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
         fail(unknown[0], f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
@@ -114,15 +122,36 @@ def parse_suite(data: dict, where: str = "<suite>") -> Suite:
         _check_keys(sweep, SWEEP_KEYS, key, fail)
         excludes = global_excludes + _excludes(sweep.get("exclude", []), f"{key}.exclude", fail)
         merged = {**defaults, **{k: v for k, v in sweep.items() if k not in ("name", "exclude")}}
+        size = math.prod(len(_axis(merged, a)) for a in merged if a in AXES
+                         or a == "tokens_per_batch")
+        if len(cases) + size > max_cases:
+            fail(key, f"expands to {size:,} case(s) ({len(cases) + size:,} with the sweeps "
+                 f"before it), more than the limit of {max_cases:,} (attnbench run "
+                 "--max-cases N raises it)")
         for case in _expand(merged, excludes, key, name, fail):
             case = dataclasses.replace(case, plugins=plugins)
             cases.setdefault(case.case_id, case)
     if not cases:
         fail("sweep", "expands to no cases (everything excluded?)")
+    if not isinstance(data.get("contract", []), list):
+        fail("contract", "must be [[contract]] tables")
     contracts = tuple(_contract(c, f"contract[{i}]", fail)
                       for i, c in enumerate(data.get("contract", [])))
     return Suite(name=name, description=description, path=where,
                  cases=tuple(order_cases(cases.values())), contracts=contracts, source=data)
+
+
+def _check_finite(value, key: str, fail) -> None:
+    """TOML has nan and inf; JSON (meta.json, results.jsonl) does not, and no setting needs
+    them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(key or "suite", f"{value!r}: must be a finite number")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k), fail)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{key}[{i}]", fail)
 
 
 def _plugins(value, where: str, fail) -> tuple[str, ...]:
@@ -197,7 +226,7 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
         fail(f"{key}.{name}", f"{point.get(name)!r} {rule}")
 
     variant_name = point["variant"]
-    if variant_name not in VARIANTS:
+    if not isinstance(variant_name, str) or variant_name not in VARIANTS:
         bad("variant", f"is not a variant (known: {', '.join(VARIANTS)}; see attnbench list)")
     variant = VARIANTS[variant_name]
     for name, choices in (("framework", FRAMEWORKS), ("mode", MODES), ("dtype", DTYPES)):
@@ -221,8 +250,8 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
     for name in ("target_rel_iqr", "time_budget_s", "timeout_s"):
         value = point.get(name)
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)
-                                  or value <= 0):
-            bad(name, "must be a positive number")
+                                  or not math.isfinite(value) or value <= 0):
+            bad(name, f"{value!r}: must be a positive, finite number")
     if "causal" in point and not isinstance(point["causal"], bool):
         bad("causal", "must be true or false")
     if "options" in point and not isinstance(point["options"], dict):
@@ -272,7 +301,12 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
     min_r = fields.get("min_repeats", CASE_FIELDS["min_repeats"].default)
     if fields.get("max_repeats", CASE_FIELDS["max_repeats"].default) < min_r:
         bad("max_repeats", f"must be >= min_repeats={min_r}")
-    return Case(**fields)
+    case = Case(**fields)
+    try:
+        check_options(case, variant)
+    except ValueError as exc:
+        fail(f"{key}.options", str(exc))
+    return case
 
 
 def _check_kernel(fields: dict, bad) -> None:

@@ -81,6 +81,21 @@ def test_a_directory_that_is_not_a_run_is_refused_before_anything_runs(tmp_path)
     assert out.returncode == 2 and "is not a directory" in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("option, rule", [
+    (["--timeout", "-1"], "--timeout -1.0: must be a positive, finite number"),
+    (["--timeout", "0"], "--timeout 0.0: must be a positive, finite number"),
+    (["--timeout", "nan"], "--timeout nan: must be a positive, finite number"),
+    (["--memory-limit", "-5"], "--memory-limit -5: must be an integer >= 1"),
+    (["--memory-limit", "0"], "--memory-limit 0: must be an integer >= 1"),
+    (["--device", "cuda:abc"], "--device 'cuda:abc': must be cpu, cuda or cuda:N"),
+    (["--device", "tpu"], "--device 'tpu': must be cpu, cuda or cuda:N"),
+])
+def test_command_line_settings_are_checked_like_suite_fields(option, rule, tmp_path):
+    out = attnbench("run", "smoke", "--out", str(tmp_path / "run"), *option)
+    assert out.returncode == 2 and rule in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+
+
 def test_list_and_env():
     listed = attnbench("list")
     assert listed.returncode == 0

@@ -82,6 +82,26 @@ def test_case_id_is_stable_and_ignores_how():
     ({"name": ".hidden"}, "name", "letters, digits"),
     ({"name": "x" * 65}, "name", "1-64 characters"),
     ({"name": 5}, "name", "required"),
+    # every value checked before anything runs (issue 12 item 8)
+    ({"sweep": [{**BASE["sweep"][0], "timeout_s": float("nan")}]}, "timeout_s",
+     "must be a finite number"),
+    ({"sweep": [{**BASE["sweep"][0], "time_budget_s": float("inf")}]}, "time_budget_s",
+     "must be a finite number"),
+    ({"sweep": [{**BASE["sweep"][0], "seed": "abc"}]}, "sweep[0].seed", "integer >= 0"),
+    ({"sweep": [{**BASE["sweep"][0], "seed": 1.5}]}, "sweep[0].seed", "integer >= 0"),
+    ({"sweep": [{**BASE["sweep"][0], "seed": -5}]}, "sweep[0].seed", "integer >= 0"),
+    ({"sweep": [{**BASE["sweep"][0], "options": {"steps": 3}}]}, "sweep[0].options",
+     "mode 'forward-backward' takes no options"),
+    ({"sweep": [{**BASE["sweep"][0], "mode": "approx", "options": {"inptus": "random"}}]},
+     "sweep[0].options", "unknown key(s) ['inptus']"),
+    ({"sweep": [{**BASE["sweep"][0], "mode": "approx", "options": {"inputs": "bogus"}}]},
+     "sweep[0].options", "options.inputs='bogus': must be one of random, clustered"),
+    ({"sweep": [{**BASE["sweep"][0], "variant": [["lsh"]]}]}, "sweep[0].variant",
+     "is not a variant"),
+    ({"contract": 5}, "contract", "must be [[contract]] tables"),
+    ({"contract": [{"name": "c", "numerator": {}, "denominator": {},
+                    "max_ratio": float("nan")}]}, "contract[0].max_ratio",
+     "must be a finite number"),
     ({"bogus": 1}, "bogus", "unknown key"),
     ({"sweep": []}, "sweep", "at least one"),
     ({"sweep": [{"variant": "lsh", "framework": "torch", "mode": "forward"}]},
@@ -125,6 +145,21 @@ def test_errors_name_file_key_and_rule(changes, key, rule):
     message = str(err.value)
     assert message.startswith("t.toml: "), message
     assert key in message and rule in message, message
+
+
+def test_a_binary_suite_file_is_a_clear_error(tmp_path):
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"name = \"x\"\n\xff\xfe\x00")
+    with pytest.raises(SuiteError, match="binary.toml: not a UTF-8 text file"):
+        load_suite(binary)
+
+
+def test_a_suite_larger_than_the_case_limit_is_refused_naming_the_count():
+    data = {**BASE, "sweep": [{**BASE["sweep"][0], "length": [64 * i for i in range(1, 13)],
+                               "n_hashes": [1, 2, 4]}]}
+    with pytest.raises(SuiteError, match=r"sweep\[0\]: expands to 36 case\(s\).*limit of 30"):
+        parse_suite(data, "t.toml", max_cases=30)
+    assert len(parse_suite(data, "t.toml", max_cases=36).cases) == 36
 
 
 def test_bad_toml_and_missing_file(tmp_path):
