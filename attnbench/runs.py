@@ -279,11 +279,17 @@ def column_order(records: list[dict[str, Any]]) -> list[str]:
     return columns
 
 
+# A spreadsheet runs a text cell beginning with one of these as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> Any:
     if isinstance(value, list | dict):
         return json.dumps(value, sort_keys=True)
     if value is None or (isinstance(value, float) and value != value):
         return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value  # text, never a formula (numbers are written as they are)
     return value
 
 

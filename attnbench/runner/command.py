@@ -139,16 +139,37 @@ def _run_and_export(store: RunStore, selected, run_id: str, args) -> int:
     out = store.path
     print(f"run {run_id}: {len(selected)} case(s) -> {out}", file=sys.stderr)
     try:
-        counts = run_cases(selected, store, run_id, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished cases are saved in {out}; run the same command again "
-              "to resume", file=sys.stderr)
-        return 130
+        with _sigterm_as_interrupt():
+            counts = run_cases(selected, store, run_id, progress=not args.no_progress)
+    except (KeyboardInterrupt, Terminated) as stop:
+        write_results_csv([load_source(out)], out / "results.csv")
+        name = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"\n{name}: finished cases are saved in {out} (results.csv is up to date); run "
+              "the same command again to resume", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
     n = write_results_csv([load_source(out)], out / "results.csv")
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing new to run"
     print(f"{summary}; {n} row(s) in {out / 'results.jsonl'} and {out / 'results.csv'}",
           file=sys.stderr)
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: stop as an interrupt does (the worker is killed, the rows kept)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    import signal
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _digest(cases) -> str:

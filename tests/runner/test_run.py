@@ -177,3 +177,45 @@ def test_a_case_timed_under_a_competing_load_is_marked_unstable_and_idle_it_is_n
                for r in loaded.metrics["unstable_reasons"]), loaded.metrics["unstable_reasons"]
     assert loaded.metrics["machine_other_cpu_frac"] > 0.25
     assert loaded.metrics["worker_invol_ctx_switches"] > quiet.metrics["worker_invol_ctx_switches"]
+
+
+def test_sigterm_stops_like_an_interrupt_and_brings_the_csv_up_to_date(tmp_path):
+    suite = tmp_path / "term.toml"
+    suite.write_text('name = "term"\n[[sweep]]\nvariant = "lsh"\nframework = "torch"\n'
+                     'mode = "forward"\nlength = [64, 128, 192, 256]\nchunk_len = 32\n'
+                     'd_model = 32\nn_heads = 2\nthreads = 1\nmin_repeats = 1\n'
+                     'max_repeats = 1\n')
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "attnbench.cli", "run", str(suite), "--out", str(out),
+           "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+            results.is_file() and results.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # the runner only, as a scheduler or `kill` would
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated: finished cases are saved" in err and "Traceback" not in err
+    rows = results.read_text().count("\n")
+    assert 1 <= rows < 4
+    assert (out / "results.csv").read_text().count("\n") == rows + 1  # header + every row
+    leftover = [p for p in Path("/proc").glob("[0-9]*") if _runner_of(p) == str(proc.pid)]
+    assert not leftover, "a worker outlived its runner"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert results.read_text().count("\n") == 4
+
+
+def _runner_of(proc_dir: Path) -> str | None:
+    try:
+        environ = (proc_dir / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"ATTNBENCH_RUNNER_PID="):
+            return item.split(b"=", 1)[1].decode()
+    return None

@@ -115,3 +115,17 @@ def test_a_bad_meta_is_a_named_error(tmp_path, change, why):
     with pytest.raises(StoreError) as raised:
         store.read_meta()
     assert str(store.meta_path) in str(raised.value) and why in str(raised.value)
+
+
+def test_csv_text_cells_never_start_a_formula(tmp_path):
+    import csv
+
+    store = create_run(tmp_path, "r")
+    store.append({**row("a", time_median_s=0.5, delta_s=-0.25), "case": {
+        "variant": "@SUM(A1)", "length": 64}})
+    store.append({**row("b", status="error"), "error": '=HYPERLINK("http://x","y")'})
+    write_results_csv([load_source(tmp_path)], tmp_path / "out.csv")
+    with open(tmp_path / "out.csv", newline="") as f:
+        first, second = csv.DictReader(f)
+    assert first["variant"] == "'@SUM(A1)" and first["delta_s"] == "-0.25"  # numbers as they are
+    assert second["error"] == "'=HYPERLINK(\"http://x\",\"y\")"
