@@ -5,7 +5,8 @@ For each case not already in the run (resume), the runner starts
 to files, then waits, polling: past ``timeout_s`` the worker's process group is killed and
 the row says ``timeout``; past ``memory_limit_mb`` of resident memory it is killed and the row
 says ``oom``. A worker killed by a signal (the kernel's OOM killer sends SIGKILL) is an
-``oom`` or ``error`` row with the signal named. Once a case runs out of memory, the longer
+``oom`` row only when the kernel's OOM-kill counters moved (:mod:`attnbench.measure.oom`), else
+an ``error`` row with the signal named. Once a case runs out of memory, the longer
 cases of the same series (same everything but length and batch) are recorded as ``skipped``
 instead of being attempted.
 
@@ -27,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnbench.measure.oom import oom_killed_between, oom_kills
 from attnbench.runner.case import Case
 from attnbench.store import RunStore
 
@@ -88,6 +90,7 @@ def _last_json(text: str) -> dict | None:
 def run_case(case: Case, *, run_dir: Path | None = None, python: str = sys.executable) -> Outcome:
     """Run one case in a fresh worker process; never raises for a failing case."""
     start = time.perf_counter()
+    oom_before = oom_kills()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([python, "-m", "attnbench.runner.worker"],
                                 stdin=subprocess.PIPE, stdout=out, stderr=err,
@@ -127,8 +130,15 @@ def run_case(case: Case, *, run_dir: Path | None = None, python: str = sys.execu
         return Outcome(result["status"], result.get("error"), result.get("metrics", {}), wall)
     tail = " | ".join(stderr.strip().splitlines()[-ERROR_TAIL_LINES:])
     if proc.returncode == -signal.SIGKILL:
-        return Outcome("oom", "worker killed by SIGKILL (most likely the kernel's OOM killer)"
-                       + (f": {tail}" if tail else ""), {}, wall)
+        detail = f": {tail}" if tail else ""
+        killed_by_oom = oom_killed_between(oom_before, oom_kills())
+        if killed_by_oom:
+            return Outcome("oom", "worker killed by SIGKILL from the kernel's OOM killer (its "
+                           f"oom_kill counter moved){detail}", {}, wall)
+        why = ("no OOM-kill counter moved: not the OOM killer" if killed_by_oom is False
+               else "no OOM-kill counter is readable here, so it cannot say whether memory "
+               "ran out")
+        return Outcome("error", f"worker killed by SIGKILL ({why}){detail}", {}, wall)
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
         return Outcome("error", f"worker killed by {name}: {tail}", {}, wall)
@@ -139,7 +149,7 @@ def skipped_by_oom(case: Case, oom_lengths: dict[str, int]) -> str | None:
     """The reason to skip ``case`` when a shorter case of its series ran out of memory."""
     length = oom_lengths.get(case.series_key())
     if length is not None and case.length > length:
-        return f"skipped: the same series ran out of memory at length {length}"
+        return f"the same series ran out of memory at length {length}"
     return None
 
 

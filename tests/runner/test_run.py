@@ -53,8 +53,21 @@ def test_crashing_worker_is_an_error_with_its_message(tmp_path):
 def test_worker_killed_by_a_signal_is_named(tmp_path):
     out = run_case(case(), python=fake_python(tmp_path, "kill -SEGV $$"))
     assert out.status == "error" and "SIGSEGV" in out.error
+    # a SIGKILL that is not the OOM killer's (no OOM-kill counter moved) is no OOM: an
+    # oom row would skip every longer length of the series for good
     out = run_case(case(), python=fake_python(tmp_path, "kill -KILL $$"))
-    assert out.status == "oom" and "SIGKILL" in out.error
+    assert out.status == "error", out.error
+    assert "SIGKILL" in out.error and "not the OOM killer" in out.error, out.error
+
+
+def test_a_sigkill_with_the_oom_counter_moving_is_an_oom(tmp_path, monkeypatch):
+    """The decision, given the kernel's evidence (a real OOM kill is not made on demand)."""
+    from attnbench.runner import run as run_module
+
+    counts = iter([{"vmstat": 3}, {"vmstat": 4}])
+    monkeypatch.setattr(run_module, "oom_kills", lambda: next(counts))
+    out = run_case(case(), python=fake_python(tmp_path, "kill -KILL $$"))
+    assert out.status == "oom" and "OOM killer" in out.error, out.error
 
 
 def test_failure_inside_a_real_worker_is_an_error_row():
@@ -75,6 +88,7 @@ def test_memory_limit_records_oom_then_skips_longer_and_goes_on(tmp_path):
     assert counts == {"oom": 1, "skipped": 1, "ok": 1}, rows
     assert "memory_limit_mb=1200" in rows[8192]["error"]
     assert rows[16384]["status"] == "skipped" and "length 8192" in rows[16384]["error"]
+    assert not rows[16384]["error"].startswith("skipped")  # the status says it once
     assert rows[128]["status"] == "ok" and rows[128]["metrics"]["time_median_s"] > 0
 
 
