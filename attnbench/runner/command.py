@@ -70,7 +70,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="refuse a suite that expands to more cases (default %(default)s)")
     p.add_argument("--fresh", action="store_true",
                    help="move an existing run directory aside and start over")
+    p.add_argument("--retry", type=_statuses, default=(), metavar="STATUS[,STATUS]",
+                   help="also run again the cases whose last row has one of these statuses "
+                   "(timeout, error, oom, skipped); the new row supersedes the old")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _statuses(text: str) -> tuple[str, ...]:
+    from attnbench.store import STATUSES
+
+    wanted = tuple(t.strip() for t in text.split(",") if t.strip())
+    allowed = [s for s in STATUSES if s != "ok"]
+    bad = [t for t in wanted if t not in allowed]
+    if bad or not wanted:
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of "
+                                         f"{', '.join(allowed)}")
+    return wanted
 
 
 def _cases(suite: Suite, args) -> tuple[list, list]:
@@ -140,7 +155,8 @@ def _run_and_export(store: RunStore, selected, run_id: str, args) -> int:
     print(f"run {run_id}: {len(selected)} case(s) -> {out}", file=sys.stderr)
     try:
         with _sigterm_as_interrupt():
-            counts = run_cases(selected, store, run_id, progress=not args.no_progress)
+            counts = run_cases(selected, store, run_id, progress=not args.no_progress,
+                               retry=args.retry)
     except (KeyboardInterrupt, Terminated) as stop:
         write_results_csv([load_source(out)], out / "results.csv")
         name = "terminated" if isinstance(stop, Terminated) else "interrupted"

@@ -154,16 +154,21 @@ def skipped_by_oom(case: Case, oom_lengths: dict[str, int]) -> str | None:
 
 
 def run_cases(cases: Sequence[Case], store: RunStore, run_id: str, *,
-              progress: bool = True, runner: Callable[..., Outcome] = run_case) -> dict:
-    """Run every case not yet in ``store``; returns counts by status for this invocation."""
+              progress: bool = True, runner: Callable[..., Outcome] = run_case,
+              retry: Sequence[str] = ()) -> dict:
+    """Run every case not yet in ``store``, and those whose last row has a status in
+    ``retry`` (the new row supersedes the old); returns counts by status for this
+    invocation."""
     store.repair()
     done = {}
-    oom_lengths: dict[str, int] = {}
     rows, problems = store.scan()
     for problem in problems:
         print(f"warning: {problem}: left out (its case, if any, runs again)", file=sys.stderr)
     for row in rows:
-        done[row["case_id"]] = row
+        done[row["case_id"]] = row  # the last row of a case decides
+    done = {k: row for k, row in done.items() if row["status"] not in retry}
+    oom_lengths: dict[str, int] = {}
+    for row in done.values():
         if row["status"] == "oom":
             case = Case.from_dict(row["case"])
             key = case.series_key()

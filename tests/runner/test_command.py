@@ -89,6 +89,7 @@ def test_a_directory_that_is_not_a_run_is_refused_before_anything_runs(tmp_path)
     (["--memory-limit", "0"], "--memory-limit 0: must be an integer >= 1"),
     (["--device", "cuda:abc"], "--device 'cuda:abc': must be cpu, cuda or cuda:N"),
     (["--device", "tpu"], "--device 'tpu': must be cpu, cuda or cuda:N"),
+    (["--retry", "ok"], "--retry: 'ok': a comma-separated list of oom, timeout, error, skipped"),
 ])
 def test_command_line_settings_are_checked_like_suite_fields(option, rule, tmp_path):
     out = attnbench("run", "smoke", "--out", str(tmp_path / "run"), *option)

@@ -233,3 +233,18 @@ def _runner_of(proc_dir: Path) -> str | None:
         if item.startswith(b"ATTNBENCH_RUNNER_PID="):
             return item.split(b"=", 1)[1].decode()
     return None
+
+
+def test_retry_runs_failed_cases_again_and_the_new_row_supersedes(tmp_path):
+    store = create_run(tmp_path / "run", "r")
+    too_short = [case(length=64, timeout_s=0.2), case(length=128, timeout_s=0.2)]
+    assert run_cases(too_short, store, "r", progress=False) == {"timeout": 2}
+    fixed = [case(length=64), case(length=128)]  # the same cases (a timeout is not 'what')
+    assert run_cases(fixed, store, "r", progress=False) == {}  # resume: nothing new
+    assert run_cases(fixed, store, "r", progress=False, retry=("timeout",)) == {"ok": 2}
+    from attnbench.runs import load_source
+
+    rows = load_source(store.path).rows
+    assert sorted(r["status"] for r in rows) == ["ok", "ok"]
+    assert len(list(store.rows())) == 4  # the timeouts are kept, superseded
+    assert run_cases(fixed, store, "r", progress=False, retry=("timeout",)) == {}
