@@ -107,9 +107,13 @@ def register_variant(variant: Variant) -> Variant:
 
 
 def load_plugin(ref: str) -> None:
-    """Import a plugin (a dotted module name or a ``.py`` path) that registers variants."""
-    if ref.endswith(".py") or os.sep in ref:
+    """Import a plugin (a dotted module name or a ``.py`` path) that registers variants.
+    This runs the plugin's code: a suite's ``plugins`` are trusted like the suite's author."""
+    if ref.endswith(".py") or os.sep in ref or "/" in ref:
         path = Path(ref).resolve()
+        if not ref.endswith(".py"):
+            raise ValueError(f"plugin {ref!r}: a path must name a .py file (or give a dotted "
+                             "module name)")
         if not path.is_file():
             raise FileNotFoundError(f"plugin file not found: {ref!r}")
         name = f"_attnbench_plugin_{path.stem}"
@@ -124,6 +128,8 @@ def load_plugin(ref: str) -> None:
             del sys.modules[name]  # a later attempt must run the file again
             raise
     else:
+        if not all(part.isidentifier() for part in ref.split(".")):
+            raise ValueError(f"plugin {ref!r}: neither a .py file nor a dotted module name")
         importlib.import_module(ref)
 
 

@@ -156,7 +156,9 @@ def _check_finite(value, key: str, fail) -> None:
 
 def _plugins(value, where: str, fail) -> tuple[str, ...]:
     """Import each plugin now (its variants must validate) and return absolute references:
-    a ``.py`` path is taken relative to the suite file, so workers find it from any cwd."""
+    a ``.py`` path is taken relative to the suite file, so workers find it from any cwd.
+    A plugin is Python: loading the suite runs it (``attnbench run``, ``--dry-run``, which
+    needs its variants to expand the cases); ``attnbench list`` does not load suites."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         fail("plugins", "must be a list of module names or .py paths")
     refs = []
@@ -166,6 +168,8 @@ def _plugins(value, where: str, fail) -> tuple[str, ...]:
             ref = str((base / ref).resolve())
         try:
             load_plugin(ref)
+        except SystemExit as exc:  # a plugin may not end attnbench
+            fail("plugins", f"{ref!r} called sys.exit({exc.code!r}) while loading")
         except Exception as exc:  # noqa: BLE001 - any failure to import is the suite's error
             fail("plugins", f"cannot load {ref!r}: {type(exc).__name__}: {exc}")
         refs.append(ref)

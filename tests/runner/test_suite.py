@@ -237,3 +237,32 @@ def test_a_plugin_variant_offers_only_the_modes_it_implements(tmp_path):
                                          r"'peer-lsh-test' \(its modes: forward, "
                                          r"forward-backward"):
         load_suite(path)
+
+
+@pytest.mark.parametrize("body, ref, why", [
+    ("import sys\nsys.exit(3)\n", "exits.py", "called sys.exit(3) while loading"),
+    (None, "my-plugin", "neither a .py file nor a dotted module name"),
+    (None, "dir/", "a path must name a .py file"),
+    (None, "no_such_module_attnbench_test", "No module named"),
+    ("raise RuntimeError('broken')\n", "broken.py", "RuntimeError: broken"),
+])
+def test_a_plugin_that_cannot_load_is_a_suite_error(tmp_path, body, ref, why):
+    if body is not None:
+        (tmp_path / ref).write_text(body)
+    path = tmp_path / "p.toml"
+    path.write_text(f'name = "p"\nplugins = ["{ref}"]\n[[sweep]]\nvariant = "lsh"\n'
+                    'framework = "torch"\nmode = "forward"\nlength = 64\n')
+    with pytest.raises(SuiteError, match="plugins") as raised:
+        load_suite(path)
+    assert why in str(raised.value), raised.value
+
+
+def test_listing_the_suites_runs_no_plugin(monkeypatch):
+    from attnbench.runner import command
+
+    def refuse(ref):
+        raise AssertionError(f"attnbench list loaded plugin {ref}")
+
+    monkeypatch.setattr("attnbench.runner.suite.load_plugin", refuse)
+    names = [name for name, _ in command.shipped_suites()]
+    assert "peers" in names and "quickstart" in names
