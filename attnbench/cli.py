@@ -70,7 +70,12 @@ def _export(args) -> int:
         return 2
     for line in unreadable_summary([source]):
         print(f"attnbench export: warning: {line} (left out of the CSV)", file=sys.stderr)
-    n = write_results_csv([source], args.csv)
+    try:
+        n = write_results_csv([source], args.csv)
+    except OSError as exc:
+        print(f"attnbench export: error: cannot write {args.csv}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     print(f"{n} row(s) -> {args.csv}", file=sys.stderr)
     return 0
 

@@ -351,8 +351,13 @@ def run(args: argparse.Namespace) -> int:
             + "\n\n" + summary_line(comparisons) + "\n")
     print(text, end="")
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            print(f"attnbench compare: error: cannot write -o {args.output}: "
+                  f"{exc.strerror or exc} (the table is above)", file=sys.stderr)
+            return 2
     regressed = any(c.verdict == REGRESSION for c in comparisons)
     missing = any(c.verdict in (ONLY_BASE, ONLY_HEAD) for c in comparisons)
     if not any(c.verdict not in (ONLY_BASE, ONLY_HEAD) for c in comparisons):

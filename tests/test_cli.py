@@ -1,3 +1,4 @@
+import importlib.util
 import subprocess
 import sys
 
@@ -91,3 +92,27 @@ def test_every_reader_says_which_rows_it_could_not_read(tmp_path, capsys):
                  "--no-attention-pattern"]) == 0
     assert where in capsys.readouterr().err
     assert where in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_output_paths_that_cannot_be_written_are_clear_errors(tmp_path, capsys):
+    from tests.report.conftest import DATA
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep")
+    a_dir = tmp_path / "a-dir"
+    a_dir.mkdir()
+    run = str(DATA / "torch-cpu")
+    cases = [
+        (["export", run, "--csv", str(a_dir)], str(a_dir)),
+        (["export", run, "--csv", "/proc/attnbench.csv"], "/proc/attnbench.csv"),
+        (["compare", run, run, "-o", "/proc/attnbench.txt"], "/proc/attnbench.txt"),
+        (["run", "smoke", "--out", "/proc/attnbench-run"], "/proc/attnbench-run"),
+    ]
+    if importlib.util.find_spec("seaborn"):
+        cases.append((["report", run, "-o", str(a_file)], str(a_file)))
+        cases.append((["report", run, "-o", "/proc/attnbench-report"], "/proc/attnbench-report"))
+    for argv, path in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert path in err and "error" in err and "Traceback" not in err, (argv, err)
+    assert a_file.read_text() == "keep"

@@ -124,11 +124,19 @@ def run(args: argparse.Namespace) -> int:
     for line in unreadable_summary(sources):
         print(f"attnbench report: warning: {line} (left out of the report)", file=sys.stderr)
     out_dir = Path(args.output) if args.output else default_output(sources)
+    if out_dir.exists() and not out_dir.is_dir():
+        print(f"attnbench report: error: -o {out_dir}: exists and is not a directory (the "
+              "report is a folder: index.html and results.csv)", file=sys.stderr)
+        return 2
     try:
         path = build_report(args.runs, out_dir, title=args.title,
                             attention_pattern=not args.no_attention_pattern)
     except ImportError as exc:
         print(f"attnbench report: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"attnbench report: error: cannot write the report into {out_dir}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
         return 2
     print(f"wrote {path} and {path.parent / 'results.csv'}")
     if args.table2_markdown:

@@ -144,8 +144,12 @@ def run(args: argparse.Namespace) -> int:
             store.check_usable()
             held.enter_context(store.lock())  # one runner per run directory, for the run
             run_id = _open_run(store, suite, digest)
-        except (StoreError, OSError) as exc:
+        except StoreError as exc:
             print(f"attnbench run: error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"attnbench run: error: cannot use {out} as the run directory: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
             return 2
         return _run_and_export(store, selected, run_id, args)
 
@@ -166,6 +170,11 @@ def _run_and_export(store: RunStore, selected, run_id: str, args) -> int:
         print(f"\n{name}: finished cases are saved in {out} (results.csv is up to date); run "
               "the same command again to resume", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130
+    except OSError as exc:  # a full disk, a directory gone: every fsynced row is kept
+        print(f"attnbench run: error: cannot write to {out}: {exc.strerror or exc}; the rows "
+              "written before are kept, run the same command again to resume",
+              file=sys.stderr)
+        return 2
     n = write_results_csv([load_source(out)], out / "results.csv")
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing new to run"
     print(f"{summary}; {n} row(s) in {out / 'results.jsonl'} and {out / 'results.csv'}",
