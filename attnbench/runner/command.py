@@ -117,6 +117,8 @@ def _cases(suite: Suite, args) -> tuple[list, list]:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.max_cases < 1:
+            raise SuiteError(f"--max-cases {args.max_cases!r}: must be an integer >= 1")
         suite = load_suite(resolve_suite_path(args.suite), max_cases=args.max_cases)
         everything, selected = _cases(suite, args)
     except SuiteError as exc:
