@@ -23,17 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnbench.jax_impl import train as task_train
-from attnbench.jax_impl.common import (
-    MASK_VALUE,
-    SELF_MASK_VALUE,
-    einsum,
-    layer_norm,
-    linear,
-    logits_dtype,
-    normalize_keys,
-    resolve_device,
-)
-from attnbench.jax_impl.full_attention import shared_qk_attention
+from attnbench.jax_impl.common import layer_norm, linear, resolve_device
+from attnbench.jax_impl.full_attention import shared_qk_attention, shared_qk_probabilities
 from attnbench.jax_impl.lsh_attention import hash_vectors, lsh_attention, sort_by_bucket
 from attnbench.spec import AttentionSpec
 from attnbench.tasks import approx_inputs
@@ -45,18 +36,6 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 # --------------------------------------------------------------------------------------------
 # 1. Attention-mass recall
 # --------------------------------------------------------------------------------------------
-
-
-def exact_probabilities(qk, *, causal: bool):
-    """Shared-QK attention probabilities [B, H, L, L] in the logits dtype (as
-    ``shared_qk_attention`` computes them: self logit replaced, future logits replaced)."""
-    length = qk.shape[2]
-    logits = einsum("bhid,bhjd->bhij", qk.astype(logits_dtype(qk)), normalize_keys(qk))
-    logits = jnp.where(jnp.eye(length, dtype=bool), SELF_MASK_VALUE, logits)
-    if causal:
-        future = jnp.triu(jnp.ones((length, length), dtype=bool), 1)
-        logits = jnp.where(future, MASK_VALUE, logits)
-    return jax.nn.softmax(logits, -1)
 
 
 def attended_keys(buckets, *, n_buckets: int, chunk_len: int, n_chunks_before: int,
@@ -84,11 +63,14 @@ def attended_keys(buckets, *, n_buckets: int, chunk_len: int, n_chunks_before: i
 
 
 def attention_recall(qk, buckets, *, spec: AttentionSpec, n_buckets: int):
-    """Per query [B, H, L]: exact probability mass on the keys LSH attends to."""
+    """Per query [B, H, L]: exact probability mass on the keys LSH attends to. The exact
+    probabilities are exact shared-QK attention's own (:func:`shared_qk_probabilities`, the
+    masking ``shared_qk_attention`` applies), so recall measures the distribution that the
+    output error is taken against."""
     attended = attended_keys(buckets, n_buckets=n_buckets, chunk_len=spec.chunk_len,
                              n_chunks_before=spec.n_chunks_before,
                              n_chunks_after=spec.n_chunks_after)
-    probs = exact_probabilities(qk, causal=spec.causal)
+    probs = shared_qk_probabilities(qk, causal=spec.causal)
     return jnp.sum(jnp.where(attended, probs, 0.0), -1)
 
 

@@ -61,17 +61,26 @@ def full_attention(q, k, v, *, causal: bool, impl: str = "naive"):
     return einsum("bhij,bhjd->bhid", jax.nn.softmax(logits, -1).astype(v.dtype), v)
 
 
-def shared_qk_attention(qk, v, *, causal: bool):
-    """Exact attention with keys = normalised queries (logits q . k_hat, no further scaling);
-    a query's logit on itself is replaced by -1e5, causally masked ones by -1e9."""
-    check_qkv({"qk": qk, "v": v}, same_d=False)
+def shared_qk_probabilities(qk, *, causal: bool):
+    """The attention probabilities [B, H, L, L] of :func:`shared_qk_attention`, in the logits
+    dtype: logits q . k_hat (keys = normalised queries, no further scaling), a query's logit on
+    itself replaced by -1e5, causally masked ones by -1e9, softmax over keys. The one place the
+    shared-QK masking lives: the attention and the approximation's recall both use it."""
     length = qk.shape[2]
     logits = einsum("bhid,bhjd->bhij", qk.astype(logits_dtype(qk)), normalize_keys(qk))
     logits = jnp.where(jnp.eye(length, dtype=bool), SELF_MASK_VALUE, logits)
     if causal:
         future = jnp.triu(jnp.ones((length, length), dtype=bool), 1)
         logits = jnp.where(future, MASK_VALUE, logits)
-    return einsum("bhij,bhjd->bhid", jax.nn.softmax(logits, -1).astype(v.dtype), v)
+    return jax.nn.softmax(logits, -1)
+
+
+def shared_qk_attention(qk, v, *, causal: bool):
+    """Exact attention with keys = normalised queries: :func:`shared_qk_probabilities` times
+    ``v`` (a query's logit on itself replaced by -1e5, causally masked ones by -1e9)."""
+    check_qkv({"qk": qk, "v": v}, same_d=False)
+    return einsum("bhij,bhjd->bhid", shared_qk_probabilities(qk, causal=causal).astype(v.dtype),
+                  v)
 
 
 def _split_heads(x, n_heads):

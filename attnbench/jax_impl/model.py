@@ -39,10 +39,12 @@ def init_attention_block(key, d_model: int, spec: AttentionSpec, dtype=jnp.float
 
 def attention_block(params, x, *, spec: AttentionSpec, dropout_rate: float, key, train: bool,
                     buckets=None):
-    """LayerNorm -> self-attention -> dropout. Returns (output, buckets or None)."""
+    """LayerNorm -> self-attention -> dropout; ``buckets`` (from an earlier call) replay an LSH
+    layer's hashing (None: it hashes afresh). Returns (output, the buckets used: None for a
+    layer that does not hash)."""
     h = layer_norm(params["norm"], x)
     if spec.kind == "full":
-        h = full_self_attention(params["attention"], h, spec=spec)
+        h, buckets = full_self_attention(params["attention"], h, spec=spec), None
     else:
         apply = lsh_self_attention if spec.kind == "lsh" else shared_qk_self_attention
         h, buckets = apply(params["attention"], h, spec=spec, key=derive_key(key, _HASH_STREAM),
@@ -101,11 +103,15 @@ def language_model(params, tokens, *, spec: ModelSpec, key, train: bool = False,
     """tokens [batch, length] (int) -> logits [batch, length, vocab] in float32.
 
     All randomness (LSH rotations, dropout) derives from ``key``; ``buckets`` (a list with one
-    entry per layer, None for non-LSH layers) replays given buckets instead of hashing, which
-    cross-framework comparisons use. ``reversible=False`` runs a reversible spec's blocks with
-    ordinary autodiff (the memory baseline).
+    entry per layer) replays given buckets instead of hashing, which cross-framework comparisons
+    use; a None entry hashes afresh (and non-LSH layers ignore theirs). ``reversible=False``
+    runs a reversible spec's blocks with ordinary autodiff (the memory baseline).
     """
     check_tokens(tokens, spec)
+    layer_buckets = [None] * spec.n_layers if buckets is None else list(buckets)
+    if len(layer_buckets) != spec.n_layers:
+        raise ValueError(f"len(buckets)={len(layer_buckets)}: must equal ModelSpec.n_layers="
+                         f"{spec.n_layers}; give None for a layer that hashes afresh")
     keys = jax.random.split(key, spec.n_layers + 1)
     x = params["embed"]["weight"][tokens]
     if spec.positions == "learned":
@@ -115,7 +121,6 @@ def language_model(params, tokens, *, spec: ModelSpec, key, train: bool = False,
                                  tokens.shape[1])
     rate = spec.dropout if train else 0.0
     x = dropout(x, rate, keys[-1] if rate else None)
-    layer_buckets = [None] * spec.n_layers if buckets is None else list(buckets)
 
     def attend(block_params, h, block_key, block_buckets):
         return attention_block(block_params, h, spec=spec.attention, dropout_rate=spec.dropout,

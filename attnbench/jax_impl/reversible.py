@@ -8,6 +8,8 @@ sublayers with exactly the forward's keys and buckets.
 
 ``f(params, x, key, buckets) -> (y, buckets or None)`` is the attention sublayer and
 ``g(params, x, key) -> y`` the feed-forward; block parameters are ``{"f": ..., "g": ...}``.
+Replay buckets are given per layer, as in torch: a layer given None hashes afresh from its key
+(exactly as with no buckets at all), a layer given an array replays it; any mix is allowed.
 """
 
 from __future__ import annotations
@@ -44,12 +46,31 @@ def _stack(trees):
 
 
 def _stacked_buckets(given):
-    """Per-layer replay buckets as one stacked array, or None when no layer replays."""
-    if all(b is None for b in given):
+    """Per-layer replay buckets as the scan takes them: None when no layer replays, else
+    ``(stacked, afresh)``: the given arrays stacked (zeros, never read, for a layer given None)
+    and ``afresh`` [n_layers] bool, True for the layers given None (None when none was)."""
+    replayed = [b for b in given if b is not None]
+    if not replayed:
         return None
-    if any(b is None for b in given):
-        raise ValueError("buckets: give an array for every layer or for none")
-    return jnp.stack(given)
+    placeholder = jnp.zeros_like(replayed[0])
+    stacked = jnp.stack([placeholder if b is None else b for b in given])
+    afresh = [b is None for b in given]
+    return stacked, (jnp.asarray(afresh) if any(afresh) else None)
+
+
+def _replay_or_hash(f, g, params, x1, x2, key, replay):
+    """One scanned block with its ``_stacked_buckets`` entry: ``replay`` None hashes; else
+    ``(buckets, afresh)`` replays ``buckets``, or, where ``afresh`` (traced: one compiled body
+    serves every layer) is True, hashes afresh from ``key`` as if no buckets were given. Both
+    branches must return buckets of one shape (an LSH layer hashing or replaying does)."""
+    if replay is None:
+        return reversible_block(f, g, params, x1, x2, key=key)
+    buckets, afresh = replay
+    if afresh is None:
+        return reversible_block(f, g, params, x1, x2, key=key, buckets=buckets)
+    return lax.cond(afresh,
+                    lambda: reversible_block(f, g, params, x1, x2, key=key),
+                    lambda: reversible_block(f, g, params, x1, x2, key=key, buckets=buckets))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -63,7 +84,7 @@ def _run(f, g, blocks, x1, x2, keys, given):
     (an unrolled loop let XLA:CPU keep per-layer buffers, so memory grew with depth)."""
     def body(carry, layer):
         params, key, replay = layer
-        y1, y2, buckets = reversible_block(f, g, params, *carry, key=key, buckets=replay)
+        y1, y2, buckets = _replay_or_hash(f, g, params, *carry, key, replay)
         return (y1, y2), buckets
 
     (y1, y2), buckets = lax.scan(body, (x1, x2), (blocks, keys, given))
@@ -93,12 +114,16 @@ _reversible.defvjp(_reversible_fwd, _reversible_bwd)
 
 def reversible_sequence(f, g, blocks, x1, x2, *, keys, buckets=None, reversible: bool = True):
     """A stack of reversible blocks (``blocks``: a list of block parameters, ``keys``: one PRNG
-    key per block, ``buckets``: optional buckets to replay per block, None entries hash).
+    key per block, ``buckets``: optional buckets to replay, one entry per block: an array
+    replays, None hashes afresh from the block's key as if no buckets were given, in any mix).
     ``reversible=False`` runs the same blocks with ordinary autodiff (every activation
     stored): same function, same randomness, the memory baseline."""
     if len(keys) != len(blocks):
         raise ValueError(f"len(keys)={len(keys)}: must equal the number of blocks ({len(blocks)})")
     given = [None] * len(blocks) if buckets is None else list(buckets)
+    if len(given) != len(blocks):
+        raise ValueError(f"len(buckets)={len(given)}: must equal the number of blocks "
+                         f"({len(blocks)}); give None for a block that hashes afresh")
     if not reversible:
         for index, params in enumerate(blocks):
             x1, x2, _ = reversible_block(f, g, params, x1, x2, key=keys[index],

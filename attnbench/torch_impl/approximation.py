@@ -26,8 +26,7 @@ from attnbench.tasks import approx_inputs
 from attnbench.tasks.experiment import load_or_train
 from attnbench.tasks.stats import summarise_approximation
 from attnbench.torch_impl import train as task_train
-from attnbench.torch_impl.common import MASK_VALUE, SELF_MASK_VALUE, logits_dtype, normalize_keys
-from attnbench.torch_impl.full_attention import shared_qk_attention
+from attnbench.torch_impl.full_attention import shared_qk_attention, shared_qk_probabilities
 from attnbench.torch_impl.lsh_attention import hash_vectors, lsh_attention, sort_by_bucket
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -35,19 +34,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 # --------------------------------------------------------------------------------------------
 # 1. Attention-mass recall
 # --------------------------------------------------------------------------------------------
-
-
-def exact_probabilities(qk: torch.Tensor, *, causal: bool) -> torch.Tensor:
-    """Shared-QK attention probabilities [B, H, L, L] in the logits dtype (as
-    ``shared_qk_attention`` computes them: self logit replaced, future logits replaced)."""
-    length = qk.shape[2]
-    logits = qk.to(logits_dtype(qk)) @ normalize_keys(qk).transpose(-1, -2)  # (B, H, L, L)
-    logits = logits.masked_fill(torch.eye(length, dtype=torch.bool, device=qk.device),
-                                SELF_MASK_VALUE)
-    if causal:
-        future = torch.ones(length, length, dtype=torch.bool, device=qk.device).triu_(1)
-        logits = logits.masked_fill(future, MASK_VALUE)
-    return torch.softmax(logits, -1)
 
 
 def attended_keys(buckets: torch.Tensor, *, n_buckets: int, chunk_len: int,
@@ -75,11 +61,14 @@ def attended_keys(buckets: torch.Tensor, *, n_buckets: int, chunk_len: int,
 
 def attention_recall(qk: torch.Tensor, buckets: torch.Tensor, *, spec: AttentionSpec,
                      n_buckets: int) -> torch.Tensor:
-    """Per query [B, H, L]: exact probability mass on the keys LSH attends to."""
+    """Per query [B, H, L]: exact probability mass on the keys LSH attends to. The exact
+    probabilities are exact shared-QK attention's own (:func:`shared_qk_probabilities`, the
+    masking ``shared_qk_attention`` applies), so recall measures the distribution that the
+    output error is taken against."""
     attended = attended_keys(buckets, n_buckets=n_buckets, chunk_len=spec.chunk_len,
                              n_chunks_before=spec.n_chunks_before,
                              n_chunks_after=spec.n_chunks_after)
-    probs = exact_probabilities(qk, causal=spec.causal)
+    probs = shared_qk_probabilities(qk, causal=spec.causal)
     return (probs * attended).sum(-1)
 
 

@@ -59,10 +59,11 @@ def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     return torch.softmax(logits, -1).to(v.dtype) @ v
 
 
-def shared_qk_attention(qk: torch.Tensor, v: torch.Tensor, *, causal: bool) -> torch.Tensor:
-    """Exact attention with keys = normalised queries (logits q . k_hat, no further scaling);
-    a query's logit on itself is replaced by -1e5, causally masked ones by -1e9."""
-    check_qkv({"qk": qk, "v": v}, same_d=False)
+def shared_qk_probabilities(qk: torch.Tensor, *, causal: bool) -> torch.Tensor:
+    """The attention probabilities [B, H, L, L] of :func:`shared_qk_attention`, in the logits
+    dtype: logits q . k_hat (keys = normalised queries, no further scaling), a query's logit on
+    itself replaced by -1e5, causally masked ones by -1e9, softmax over keys. The one place the
+    shared-QK masking lives: the attention and the approximation's recall both use it."""
     length = qk.shape[2]
     logits = qk.to(logits_dtype(qk)) @ normalize_keys(qk).transpose(-1, -2)  # (B, H, L, L)
     eye = torch.eye(length, dtype=torch.bool, device=qk.device)
@@ -70,7 +71,14 @@ def shared_qk_attention(qk: torch.Tensor, v: torch.Tensor, *, causal: bool) -> t
     if causal:
         future = torch.ones(length, length, dtype=torch.bool, device=qk.device).triu_(1)
         logits = logits.masked_fill(future, MASK_VALUE)
-    return torch.softmax(logits, -1).to(v.dtype) @ v
+    return torch.softmax(logits, -1)
+
+
+def shared_qk_attention(qk: torch.Tensor, v: torch.Tensor, *, causal: bool) -> torch.Tensor:
+    """Exact attention with keys = normalised queries: :func:`shared_qk_probabilities` times
+    ``v`` (a query's logit on itself replaced by -1e5, causally masked ones by -1e9)."""
+    check_qkv({"qk": qk, "v": v}, same_d=False)
+    return shared_qk_probabilities(qk, causal=causal).to(v.dtype) @ v
 
 
 class _SelfAttentionBase(nn.Module):

@@ -30,7 +30,8 @@ def make_attention(d_model: int, spec: AttentionSpec, *, device=None, dtype=None
 
 class AttentionBlock(nn.Module):
     """LayerNorm -> self-attention -> dropout; hashing and dropout draw from generators derived
-    from ``seed``, and ``buckets`` (from an earlier call) replay an LSH layer's hashing."""
+    from ``seed``, and ``buckets`` (from an earlier call) replay an LSH layer's hashing (None:
+    it hashes afresh)."""
 
     def __init__(self, d_model: int, spec: AttentionSpec, *, dropout_rate: float = 0.0,
                  device=None, dtype=None):
@@ -40,13 +41,13 @@ class AttentionBlock(nn.Module):
         self.dropout_rate = dropout_rate
 
     def forward(self, x: torch.Tensor, *, seed: int, buckets=None):
-        """Returns (output, buckets or None)."""
+        """Returns (output, the buckets used: None for a layer that does not hash)."""
         h = self.norm(x)
         if isinstance(self.attention, SharedQKSelfAttention):
             h, buckets = self.attention(h, generator=derive_generator(seed, _HASH_STREAM, x.device),
                                         buckets=buckets, return_buckets=True)
         else:
-            h = self.attention(h)
+            h, buckets = self.attention(h), None
         rate = self.dropout_rate if self.training else 0.0
         generator = derive_generator(seed, _DROPOUT_STREAM, x.device) if rate else None
         return dropout(h, rate, generator), buckets
@@ -108,8 +109,8 @@ class LanguageModel(nn.Module):
 
         All randomness (LSH rotations, dropout) comes from seeds drawn from ``generator`` (the
         global CPU RNG when None, drawn from and never reseeded). ``buckets`` (one entry per
-        layer, None for non-LSH layers) replays given buckets instead of hashing, which
-        cross-framework comparisons use.
+        layer) replays given buckets instead of hashing, which cross-framework comparisons use;
+        a None entry hashes afresh (and non-LSH layers ignore theirs).
         """
         if tokens.dim() != 2 or tokens.is_floating_point():
             raise ValueError(f"tokens: must be an integer tensor [batch, length], got "
@@ -117,6 +118,10 @@ class LanguageModel(nn.Module):
         self.spec.check_length(tokens.shape[1])
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.spec.vocab_size):
             raise ValueError(f"tokens: ids must lie in [0, vocab_size={self.spec.vocab_size})")
+        given = [None] * self.spec.n_layers if buckets is None else list(buckets)
+        if len(given) != self.spec.n_layers:
+            raise ValueError(f"len(buckets)={len(given)}: must equal ModelSpec.n_layers="
+                             f"{self.spec.n_layers}; give None for a layer that hashes afresh")
         seeds = draw_seeds(self.spec.n_layers + 1, generator)
         x = self.embed(tokens)
         if isinstance(self.positions, nn.Embedding):
@@ -126,7 +131,6 @@ class LanguageModel(nn.Module):
         rate = self.spec.dropout if self.training else 0.0
         x = dropout(x, rate, derive_generator(seeds[-1], 0, x.device) if rate else None)
         layer_seeds = seeds[:-1]
-        given = [None] * self.spec.n_layers if buckets is None else list(buckets)
         if self.spec.reversible:
             y1, y2 = self.stack(x, x, seeds=layer_seeds, buckets=given)
             x = torch.cat([y1, y2], dim=-1)

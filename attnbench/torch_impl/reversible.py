@@ -6,7 +6,9 @@ reconstructing ``x2 = y2 - G(y1)`` and ``x1 = y1 - F(x2)`` and taking vector-Jac
 of the recomputed sublayers. Randomness is replayed exactly: F and G get per-layer seeds from
 which every generator is derived, and F reuses the forward's buckets. The parameters are inputs
 of the function, so ``torch.autograd.grad`` w.r.t. parameters works and parameters train even
-when the stack's input does not require grad.
+when the stack's input does not require grad. Replay buckets are given per layer, as in JAX: a
+layer given None hashes afresh from its seed (exactly as with no buckets at all), a layer given
+a tensor replays it; any mix is allowed.
 """
 
 from __future__ import annotations
@@ -103,13 +105,17 @@ class ReversibleSequence(nn.Module):
 
     def forward(self, x1, x2, *, seeds: list[int], buckets: list | None = None,
                 reversible: bool | None = None):
-        """``seeds``: one per block; ``buckets``: optional buckets to replay per block (None
-        entries hash)."""
+        """``seeds``: one per block; ``buckets``: optional buckets to replay, one entry per
+        block: a tensor replays, None hashes afresh from the block's seed as if no buckets were
+        given, in any mix."""
         reversible = self.reversible if reversible is None else reversible
         given = [None] * len(self.blocks) if buckets is None else list(buckets)
         if len(seeds) != len(self.blocks):
             raise ValueError(f"len(seeds)={len(seeds)}: must equal the number of blocks "
                              f"({len(self.blocks)})")
+        if len(given) != len(self.blocks):
+            raise ValueError(f"len(buckets)={len(given)}: must equal the number of blocks "
+                             f"({len(self.blocks)}); give None for a block that hashes afresh")
         if not reversible:
             for block, seed, replay in zip(self.blocks, seeds, given, strict=True):
                 x1, x2, _ = block(x1, x2, seed=seed, buckets=replay)

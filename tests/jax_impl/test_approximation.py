@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 
 from attnbench import reference as R
+from attnbench.jax_impl import full_attention
 from attnbench.jax_impl.approximation import (
+    attended_keys,
     attention_recall,
     collision_rate,
     measure_approximation,
     trained_inputs,
 )
+from attnbench.jax_impl.full_attention import shared_qk_attention
 from attnbench.jax_impl.lsh_attention import hash_vectors
 from attnbench.spec import AttentionSpec
 from attnbench.tasks import approx_inputs
@@ -90,6 +93,44 @@ def test_recall_matches_the_reference(rng, n_hashes, n_buckets, chunk_len, befor
     expected = R.lsh_recall(qk, np.asarray(buckets), n_buckets=n_buckets, chunk_len=chunk_len,
                             causal=causal, n_chunks_before=before, n_chunks_after=after)
     np.testing.assert_allclose(np.asarray(recall), expected, rtol=0, atol=TOLERANCE["float64"])
+    assert expected.min() < 1  # some query misses mass: the check is not vacuous
+
+
+# (mask constant of the attention changed, causal): None leaves the masking as it is.
+MASK_CASES = [(None, True), (None, False), ("SELF_MASK_VALUE", True),
+              ("SELF_MASK_VALUE", False), ("MASK_VALUE", True)]
+
+
+@pytest.mark.parametrize(("changed", "causal"), MASK_CASES,
+                         ids=[f"{c or 'as-is'}-{'causal' if k else 'bidirectional'}"
+                              for c, k in MASK_CASES])
+def test_recall_weighs_the_probabilities_the_attention_uses(rng, monkeypatch, changed, causal):
+    """Recall's exact probabilities are exact shared-QK attention's own. They are read off the
+    attention itself (identity values: out = P @ I = P) and summed over the keys LSH attends to;
+    recall must equal that sum. With one of the attention's mask values changed, recall must
+    follow it: masking re-implemented in the approximation would keep measuring the old
+    distribution."""
+    length = 24
+    if changed is not None:
+        monkeypatch.setattr(full_attention, changed, 0.0)
+    qk = jnp.asarray(rng.standard_normal((2, 2, length, 5)), jnp.float64)
+    rotations = jnp.asarray(rng.standard_normal((2, 5, 1, 4)))
+    spec = AttentionSpec(kind="lsh", n_heads=2, causal=causal, n_hashes=1, n_buckets=8,
+                         chunk_len=4)
+    buckets = hash_vectors(qk, rotations)
+    identity = jnp.broadcast_to(jnp.eye(length, dtype=qk.dtype), (2, 2, length, length))
+    # Run eagerly (no jit cache to hold a trace made before the change).
+    probs = shared_qk_attention(qk, identity, causal=causal)  # the attention's own P
+    unchanged = R.shared_qk_attention(np.asarray(qk), np.asarray(identity), causal=causal)
+    if changed is None:
+        np.testing.assert_allclose(probs, unchanged, rtol=0, atol=TOLERANCE["float64"])
+    else:  # the change reached the attention: it weighs keys differently
+        assert np.abs(np.asarray(probs) - unchanged).max() > 1e-2
+    attended = attended_keys(buckets, n_buckets=8, chunk_len=4, n_chunks_before=1,
+                             n_chunks_after=0)
+    expected = jnp.sum(jnp.where(attended, probs, 0.0), -1)
+    recall = attention_recall(qk, buckets, spec=spec, n_buckets=8)
+    np.testing.assert_allclose(recall, expected, rtol=0, atol=TOLERANCE["float64"])
     assert expected.min() < 1  # some query misses mass: the check is not vacuous
 
 

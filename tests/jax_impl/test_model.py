@@ -9,14 +9,17 @@ import jax.test_util
 import numpy as np
 import pytest
 import torch
+from jax import lax
 
 from attnbench import reference as R
 from attnbench.convert import jax_to_torch, torch_to_jax
+from attnbench.jax_impl import lsh_attention as jax_lsh
 from attnbench.jax_impl.chunked_ff import feed_forward, init_feed_forward
 from attnbench.jax_impl.common import derive_key
 from attnbench.jax_impl.model import init_language_model, language_model
-from attnbench.jax_impl.reversible import reversible_sequence
+from attnbench.jax_impl.reversible import reversible_block, reversible_sequence
 from attnbench.spec import AttentionSpec, FeedForwardSpec, ModelSpec
+from attnbench.torch_impl import lsh_attention as torch_lsh
 from attnbench.torch_impl.model import LanguageModel
 from tests.tolerances import assert_close
 
@@ -146,6 +149,70 @@ def test_reversible_matches_reference_block(rng):
     assert_close(back2, x2, "float64", "inverse x2")
 
 
+def hashing_f(p, x, key, buckets):
+    """A small sublayer that hashes as LSH attention does (argmax of randomly rotated inputs,
+    a constant; fresh rotations from ``key`` unless ``buckets`` replay) and whose output
+    depends on the buckets: quick to compile, unlike a stack of LSH attention layers."""
+    if buckets is None:
+        rotation = jax.random.normal(key, (x.shape[-1], 4), x.dtype)
+        buckets = jnp.argmax(lax.stop_gradient(x) @ rotation, -1).astype(jnp.int32)  # (B, L)
+    return jnp.tanh(x @ p["w"]) * p["scale"][buckets][..., None], buckets
+
+
+def hashing_blocks(rng, n_layers, d_model=8):
+    _, g, _ = ff_pair(jax.random.key(0), d_model)
+    return g, [{"f": {"w": jnp.asarray(rng.standard_normal((d_model, d_model))),
+                      "scale": jnp.asarray(rng.standard_normal(4))},
+                "g": ff_pair(jax.random.key(i), d_model)[2]["g"]} for i in range(n_layers)]
+
+
+def test_mixed_bucket_list_replays_arrays_and_hashes_none_entries(rng):
+    """A None entry hashes afresh from its layer's key, an array replays, in any mix (the torch
+    stack's semantics too): replaying a layer's own buckets between None entries gives the
+    result of giving none, and other buckets give the plain stack's values and gradients (the
+    plain stack hashes a None layer with its key)."""
+    g, blocks = hashing_blocks(rng, 3)
+    keys = [jax.random.key(k) for k in (11, 12, 13)]
+    x = jnp.asarray(rng.standard_normal((2, 16, 8)))
+
+    def run(given, reversible=True):
+        def fn(bs, x_):
+            return jnp.concatenate(reversible_sequence(hashing_f, g, bs, x_, x_, keys=keys,
+                                                       buckets=given, reversible=reversible), -1)
+        return fn
+
+    own, x1, x2 = [], x, x
+    for params, key in zip(blocks, keys, strict=True):
+        x1, x2, used = reversible_block(hashing_f, g, params, x1, x2, key=key)
+        own.append(used)
+    fresh = jax.jit(run(None))(blocks, x)
+    np.testing.assert_allclose(jax.jit(run([None, own[1], None]))(blocks, x), fresh, rtol=0,
+                               atol=1e-12)
+    given = [None, jnp.asarray(rng.integers(0, 4, own[1].shape), jnp.int32), None]
+    d_out = jnp.asarray(rng.standard_normal((2, 16, 16)))
+
+    def value_and_grads(reversible):
+        def fn(bs, x_):
+            y, pullback = jax.vjp(run(given, reversible), bs, x_)
+            return y, pullback(d_out)
+        return jax.jit(fn)(blocks, x)
+
+    (y_rev, g_rev), (y_plain, g_plain) = value_and_grads(True), value_and_grads(False)
+    assert np.abs(y_rev - fresh).max() > 1e-3  # the given buckets were replayed
+    np.testing.assert_allclose(y_rev, y_plain, rtol=0, atol=1e-12)
+    for a, b in zip(jax.tree.leaves(g_rev), jax.tree.leaves(g_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_bucket_count_must_match_depth():
+    g, blocks = hashing_blocks(np.random.default_rng(0), 2)
+    x = jnp.zeros((1, 16, 8), jnp.float64)
+    keys = [jax.random.key(1), jax.random.key(2)]
+    with pytest.raises(ValueError, match=r"len\(buckets\)=1: must equal the number of blocks "
+                                         r"\(2\); give None for a block that hashes afresh"):
+        reversible_sequence(hashing_f, g, blocks, x, x, keys=keys, buckets=[None])
+
+
 # ---------------------------------------------------------------------------------------------
 # Models: torch <-> JAX parity with the same weights
 # ---------------------------------------------------------------------------------------------
@@ -173,14 +240,46 @@ def test_torch_and_jax_models_agree(rng, attention, reversible):
     replay the same injected buckets in both (equal rotations could still round an argmax
     near-tie differently); dropout is 0 because the frameworks' RNGs differ."""
     spec = model_spec(attention, reversible)
-    torch.manual_seed(0)
-    torch_model = LanguageModel(spec).train()
-    params = torch_to_jax(torch_model.state_dict(), tie_embeddings=spec.tie_embeddings)
     tokens = rng.integers(0, 17, (2, 64))
     buckets = None
     if attention == "lsh":
         buckets = [rng.integers(0, spec.attention.buckets_for(64), (2, 2, 2, 64)).astype(np.int32)
                    for _ in range(spec.n_layers)]
+    assert_models_agree(spec, tokens, buckets)
+
+
+@pytest.mark.parametrize("attention", list(ATTENTIONS))
+def test_torch_and_jax_models_agree_on_a_mixed_bucket_list(rng, monkeypatch, attention):
+    """Reversible stack, buckets [None, array]: layer 0 hashes afresh, layer 1 replays (layers
+    that do not hash ignore both). The frameworks' RNGs differ, so both draw the same fixed
+    rotations here: the fresh hash is then the same computation in both (float32 rounding could
+    flip an argmax near-tie; this seeded case has none, or the logits would differ)."""
+    spec = model_spec(attention, True)
+    n_buckets = spec.attention.buckets_for(64)
+    shape = (2, 8, 2, n_buckets // 2)  # (heads, d_head, n_hashes, n_buckets / 2)
+    rotations = rng.standard_normal(shape).astype(np.float32)
+
+    def torch_rotations(*args, generator, device):
+        assert args == (2, 8, 2, n_buckets)
+        return torch.tensor(rotations, device=device)
+
+    def jax_rotations(key, *args):
+        assert args == (2, 8, 2, n_buckets)
+        return jnp.asarray(rotations)
+
+    monkeypatch.setattr(torch_lsh, "draw_rotations", torch_rotations)
+    monkeypatch.setattr(jax_lsh, "draw_rotations", jax_rotations)
+    tokens = rng.integers(0, 17, (2, 64))
+    buckets = [None, rng.integers(0, n_buckets, (2, 2, 2, 64)).astype(np.int32)]
+    assert_models_agree(spec, tokens, buckets)
+
+
+def assert_models_agree(spec, tokens, buckets):
+    """Logits, loss and every parameter gradient of the torch and JAX models with the same
+    weights, each replaying ``buckets`` (numpy arrays or None entries, or None)."""
+    torch.manual_seed(0)
+    torch_model = LanguageModel(spec).train()
+    params = torch_to_jax(torch_model.state_dict(), tie_embeddings=spec.tie_embeddings)
 
     def loss_fn(logits, targets):
         return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 17),
@@ -188,7 +287,8 @@ def test_torch_and_jax_models_agree(rng, attention, reversible):
 
     t_tokens = torch.tensor(tokens)
     t_logits = torch_model(t_tokens, generator=torch.Generator().manual_seed(0),
-                           buckets=None if buckets is None else [torch.tensor(b) for b in buckets])
+                           buckets=None if buckets is None else [
+                               None if b is None else torch.tensor(b) for b in buckets])
     t_loss = loss_fn(t_logits, t_tokens)
     t_loss.backward()
     t_grads = torch_to_jax({n: p.grad for n, p in torch_model.named_parameters()},
@@ -197,8 +297,8 @@ def test_torch_and_jax_models_agree(rng, attention, reversible):
     def j_loss(p):
         logits = language_model(p, jnp.asarray(tokens), spec=spec, key=jax.random.key(0),
                                 train=True,
-                                buckets=None if buckets is None else [jnp.asarray(b)
-                                                                      for b in buckets])
+                                buckets=None if buckets is None else [
+                                    None if b is None else jnp.asarray(b) for b in buckets])
         log_probs = jax.nn.log_softmax(logits[:, :-1], -1)
         targets = jnp.asarray(tokens)[:, 1:]
         return -jnp.mean(jnp.take_along_axis(log_probs, targets[..., None], -1)), logits
@@ -267,3 +367,17 @@ def test_bad_tokens_raise_the_torch_errors(tokens, message):
         language_model(params, tokens, spec=spec, key=jax.random.key(0))
     with pytest.raises(ValueError, match=message):
         LanguageModel(spec)(torch.tensor(np.asarray(tokens)))
+
+
+@pytest.mark.parametrize("reversible", [True, False], ids=["rev", "plain"])
+def test_a_bucket_list_of_the_wrong_length_raises_the_torch_error(reversible):
+    spec = model_spec("lsh", reversible)
+    params = init_language_model(jax.random.key(0), spec)
+    tokens = np.zeros((1, 64), np.int32)
+    message = (r"len\(buckets\)=1: must equal ModelSpec.n_layers=2; give None for a layer "
+               r"that hashes afresh")
+    with pytest.raises(ValueError, match=message):
+        language_model(params, jnp.asarray(tokens), spec=spec, key=jax.random.key(0),
+                       buckets=[None])
+    with pytest.raises(ValueError, match=message):
+        LanguageModel(spec)(torch.tensor(tokens), buckets=[None])

@@ -11,12 +11,15 @@ from attnbench import reference as R
 from attnbench.spec import AttentionSpec
 from attnbench.tasks import approx_inputs
 from attnbench.tasks.checkpoint import load_trained
+from attnbench.torch_impl import full_attention
 from attnbench.torch_impl.approximation import (
+    attended_keys,
     attention_recall,
     collision_rate,
     measure_approximation,
     trained_inputs,
 )
+from attnbench.torch_impl.full_attention import shared_qk_attention
 from attnbench.torch_impl.lsh_attention import hash_vectors
 from tests.tolerances import TOLERANCE
 
@@ -88,6 +91,44 @@ def test_recall_matches_the_reference(rng, n_hashes, n_buckets, chunk_len, befor
     expected = R.lsh_recall(qk, buckets.numpy(), n_buckets=n_buckets, chunk_len=chunk_len,
                             causal=causal, n_chunks_before=before, n_chunks_after=after)
     np.testing.assert_allclose(recall.numpy(), expected, rtol=0, atol=TOLERANCE["float64"])
+    assert expected.min() < 1  # some query misses mass: the check is not vacuous
+
+
+# (mask constant of the attention changed, causal): None leaves the masking as it is.
+MASK_CASES = [(None, True), (None, False), ("SELF_MASK_VALUE", True),
+              ("SELF_MASK_VALUE", False), ("MASK_VALUE", True)]
+
+
+@pytest.mark.parametrize(("changed", "causal"), MASK_CASES,
+                         ids=[f"{c or 'as-is'}-{'causal' if k else 'bidirectional'}"
+                              for c, k in MASK_CASES])
+def test_recall_weighs_the_probabilities_the_attention_uses(rng, monkeypatch, changed, causal):
+    """Recall's exact probabilities are exact shared-QK attention's own. They are read off the
+    attention itself (identity values: out = P @ I = P) and summed over the keys LSH attends to;
+    recall must equal that sum. With one of the attention's mask values changed, recall must
+    follow it: masking re-implemented in the approximation would keep measuring the old
+    distribution."""
+    length = 24
+    if changed is not None:
+        monkeypatch.setattr(full_attention, changed, 0.0)
+    qk = torch.tensor(rng.standard_normal((2, 2, length, 5)))
+    rotations = torch.tensor(rng.standard_normal((2, 5, 1, 4)))
+    spec = AttentionSpec(kind="lsh", n_heads=2, causal=causal, n_hashes=1, n_buckets=8,
+                         chunk_len=4)
+    buckets = hash_vectors(qk, rotations)
+    identity = torch.eye(length, dtype=qk.dtype).expand(2, 2, length, length)
+    probs = shared_qk_attention(qk, identity, causal=causal)  # the attention's own P
+    unchanged = R.shared_qk_attention(qk.numpy(), identity.numpy(), causal=causal)
+    if changed is None:
+        np.testing.assert_allclose(probs.numpy(), unchanged, rtol=0, atol=TOLERANCE["float64"])
+    else:  # the change reached the attention: it weighs keys differently
+        assert np.abs(probs.numpy() - unchanged).max() > 1e-2
+    attended = attended_keys(buckets, n_buckets=8, chunk_len=4, n_chunks_before=1,
+                             n_chunks_after=0)
+    expected = (probs * attended).sum(-1)
+    recall = attention_recall(qk, buckets, spec=spec, n_buckets=8)
+    np.testing.assert_allclose(recall.numpy(), expected.numpy(), rtol=0,
+                               atol=TOLERANCE["float64"])
     assert expected.min() < 1  # some query misses mass: the check is not vacuous
 
 

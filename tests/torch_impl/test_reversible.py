@@ -131,3 +131,62 @@ def test_seed_count_must_match_depth():
     x = torch.randn(1, 32, 16, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"len\(seeds\)=1: must equal the number of blocks \(2\)"):
         stack(x, x, seeds=[1])
+
+
+def own_buckets(stack, x, seeds):
+    """The buckets each layer hashes for itself (no replay), block by block."""
+    own, x1, x2 = [], x, x
+    with torch.no_grad():
+        for block, seed in zip(stack.blocks, seeds, strict=True):
+            x1, x2, used = block(x1, x2, seed=seed)
+            own.append(used)
+    return own
+
+
+def test_mixed_bucket_list_replays_tensors_and_hashes_none_entries(rng):
+    """A None entry hashes afresh from its layer's seed, a tensor replays, in any mix (the JAX
+    stack's semantics too): replaying layers' own buckets around None entries changes nothing,
+    and other buckets for one layer give the plain stack's values and gradients."""
+    stack = make_lsh_stack(3)
+    x = torch.tensor(rng.standard_normal((2, 32, 16)), requires_grad=True)
+    seeds = [11, 12, 13]
+    own = own_buckets(stack, x, seeds)
+    with torch.no_grad():
+        fresh = torch.cat(stack(x, x, seeds=seeds), -1)
+        for given in ([own[0], None, own[2]], [None, own[1], None]):
+            torch.testing.assert_close(torch.cat(stack(x, x, seeds=seeds, buckets=given), -1),
+                                       fresh, rtol=0, atol=1e-12)
+    given = [None, torch.randint(0, 8, own[1].shape, generator=torch.Generator().manual_seed(0),
+                                 dtype=torch.int32), None]
+    d_out = torch.tensor(rng.standard_normal((2, 32, 32)))
+    wrt = [x, *stack.parameters()]
+
+    def value_and_grads(reversible):
+        y = torch.cat(stack(x, x, seeds=seeds, buckets=given, reversible=reversible), -1)
+        return y, torch.autograd.grad(y, wrt, d_out)
+
+    (y_rev, g_rev), (y_plain, g_plain) = value_and_grads(True), value_and_grads(False)
+    assert (y_rev - fresh).abs().max() > 1e-3  # the given buckets were replayed
+    torch.testing.assert_close(y_rev, y_plain, rtol=0, atol=1e-12)
+    for a, b in zip(g_rev, g_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_bucket_count_must_match_depth():
+    stack = make_lsh_stack(2)
+    x = torch.randn(1, 32, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"len\(buckets\)=1: must equal the number of blocks "
+                                         r"\(2\); give None for a block that hashes afresh"):
+        stack(x, x, seeds=[1, 2], buckets=[None])
+
+
+def test_a_layer_that_does_not_hash_returns_no_buckets(rng):
+    """Full attention ignores given buckets and reports none used (as JAX's attention_block),
+    so a mixed bucket list means the same for every attention kind."""
+    block = AttentionBlock(16, AttentionSpec(kind="full", n_heads=2, causal=True),
+                           dtype=torch.float64)
+    x = torch.tensor(rng.standard_normal((1, 32, 16)))
+    given = torch.zeros(1, 2, 1, 32, dtype=torch.int32)
+    out, used = block(x, seed=0, buckets=given)
+    assert used is None
+    torch.testing.assert_close(out, block(x, seed=0)[0], rtol=0, atol=0)
