@@ -46,14 +46,21 @@ def _die_with_runner() -> None:
         os._exit(1)
 
 
+# The CPUs this worker was pinned to, before any framework started threads (an OpenMP runtime
+# with OMP_PROC_BIND narrows the main thread's own affinity later, not the process's set).
+_PINNED: list[int] | None = None
+
+
 def _pin_cpus(threads: int | None) -> None:
     """Pin this worker to a fixed set of CPUs: the first ``threads`` it may use (all of them
     when the case does not say), so each case runs where the last one did; the row records
     the set (``cpus``). JAX sizes its thread pool from this set."""
+    global _PINNED
     if not hasattr(os, "sched_setaffinity"):
         return
     allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, allowed[:threads] if threads else allowed)
+    _PINNED = allowed[:threads] if threads else allowed
+    os.sched_setaffinity(0, _PINNED)
 
 
 def measure_timed(case: Case) -> dict:
@@ -74,7 +81,7 @@ def measure_timed(case: Case) -> dict:
     step.memory.start()
     warmup_s = time_warmup(step.run, case.warmup)
     step.memory.after_warmup()
-    cpus = machine.worker_cpus()
+    cpus = _PINNED or machine.worker_cpus()
     before = machine.snapshot(cpus)
     metrics = time_repeats(step.run, policy)
     metrics.update(machine.machine_metrics(before, machine.snapshot(cpus), cpus))
