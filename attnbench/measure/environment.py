@@ -126,3 +126,25 @@ def _memory_total_mb() -> float | None:
     except OSError:
         pass
     return None
+
+
+def node_facts(device: str = "cpu") -> dict:
+    """The machine a case ran on, as row metrics (a cluster is heterogeneous): host, CPU and,
+    for a CUDA case, the GPU it used (name, UUID, driver), seen through the
+    ``CUDA_VISIBLE_DEVICES`` a scheduler such as Ray set."""
+    from attnbench.measure import nvml
+
+    facts = {"node_host": socket.gethostname(), "node_cpu": cpu_model(),
+             "node_gpu_name": None, "node_gpu_uuid": None, "node_gpu_driver": None}
+    kind, _, index = device.partition(":")
+    if kind != "cuda":
+        return facts
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if v.strip()]
+    logical = int(index or 0)
+    physical = visible[logical] if logical < len(visible) else str(logical)
+    for gpu in nvml.devices() or []:
+        if physical in (str(gpu["index"]), gpu["uuid"]):
+            facts.update(node_gpu_name=gpu["name"], node_gpu_uuid=gpu["uuid"],
+                         node_gpu_driver=gpu["driver"])
+    return facts

@@ -25,8 +25,9 @@ SECTIONS_ORDER = ("summary", "contracts", "largest-fit", "figures", "exponents",
 
 
 def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | None = None,
-                 attention_pattern: bool = True) -> Path:
-    """Write ``index.html`` and ``results.csv`` into ``out_dir``; returns the HTML path."""
+                 attention_pattern: bool = True, nodes: list[str] | None = None) -> Path:
+    """Write ``index.html`` and ``results.csv`` into ``out_dir``; returns the HTML path.
+    ``nodes``: only the rows measured on these hosts (``node_host``)."""
     try:
         from attnbench.report import figures, html, pattern, tables
         from attnbench.report.frame import tidy_frame
@@ -34,6 +35,8 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | Non
         raise ImportError(f"attnbench report needs pandas and seaborn ({exc.name} is "
                           "missing): pip install 'attnbench[report]'") from None
     sources = load_sources(list(inputs))
+    if nodes:
+        sources = [only_nodes(s, nodes) for s in sources]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_results_csv(sources, out_dir / "results.csv")
@@ -78,6 +81,14 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | Non
     return path
 
 
+def only_nodes(source: Source, hosts: list[str]) -> Source:
+    """The source with only the rows measured on ``hosts``."""
+    import dataclasses
+
+    rows = [r for r in source.rows if (r.get("metrics") or {}).get("node_host") in hosts]
+    return dataclasses.replace(source, rows=rows)
+
+
 def _pattern_figure(figures, pattern):
     def draw():
         fig, caption = pattern.attention_pattern_figure()
@@ -110,6 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", help="page title (default: the run ids)")
     parser.add_argument("--no-attention-pattern", action="store_true",
                         help="leave out the attention-pattern figure (computed, not measured)")
+    parser.add_argument("--node", action="append", metavar="HOST",
+                        help="only the cases measured on this host (a row's node_host; "
+                             "repeatable): a cluster's nodes differ")
     parser.add_argument("--table2-markdown", metavar="FILE",
                         help="also write the task runs' train x eval matrix beside the paper's "
                              "Table 2 as Markdown")
@@ -130,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         path = build_report(args.runs, out_dir, title=args.title,
-                            attention_pattern=not args.no_attention_pattern)
+                            attention_pattern=not args.no_attention_pattern, nodes=args.node)
     except ImportError as exc:
         print(f"attnbench report: {exc}", file=sys.stderr)
         return 2

@@ -143,16 +143,26 @@ def summary_table(frame) -> Table:
                                           strict=True)) if len(cut) else "-"
             rows.append([*(("-" if _missing(k) else k) for k in key), len(group),
                          *(int(counts.get(s, 0)) for s in STATUSES), unstable_count(group),
+                         _nodes(group),
                          _range(lengths), fmt_int(longest), fmt_time(time), fmt_mb(mem),
                          first_failure])
     return Table("summary", "Summary per variant",
                  ["run", "variant", "framework", "mode", "device", "cases", *STATUSES,
-                  "unstable", "lengths", "largest ok length", "time at largest",
+                  "unstable", "nodes", "lengths", "largest ok length", "time at largest",
                   "peak MiB at largest", "cut short by"], rows,
                  caption="Time and memory are the best over the variant's settings "
                          "(n_hashes, buckets) at its largest ok length; unstable: ok cases "
-                         "whose time is marked unstable (see Every case).",
+                         "whose time is marked unstable (see Every case); nodes: the hosts "
+                         "they ran on (attnbench report --node HOST keeps one).",
                  empty_note="no results in these runs yet")
+
+
+def _nodes(group) -> str:
+    """The hosts a group's cases ran on (a cluster's nodes differ)."""
+    if "node_host" not in group.columns:
+        return "-"
+    hosts = sorted({str(h) for h in group["node_host"].dropna()})
+    return ", ".join(hosts) or "-"
 
 
 def _range(values) -> str:

@@ -76,6 +76,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry", type=_statuses, default=(), metavar="STATUS[,STATUS]",
                    help="also run again the cases whose last row has one of these statuses "
                    "(timeout, error, oom, skipped); the new row supersedes the old")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: one case at a time in a worker process here (default); ray: "
+                   "each case a Ray task (needs attnbench[ray])")
+    p.add_argument("--address", metavar="ADDRESS",
+                   help="with --executor ray: the cluster to join (default: RAY_ADDRESS, else "
+                   "a local Ray started for this run)")
+    p.add_argument("--cpu-cases-per-node", type=int, default=1, metavar="N",
+                   help="with --executor ray: CPU cases timed at once on one node (default 1: "
+                   "timings on shared cores measure the neighbours); each row records it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -100,6 +109,11 @@ def _cases(suite: Suite, args) -> tuple[list, list]:
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
         raise SuiteError(f"--timeout {args.timeout!r}: must be a positive, finite number of "
                          "seconds")
+    if args.cpu_cases_per_node < 1:
+        raise SuiteError(f"--cpu-cases-per-node {args.cpu_cases_per_node!r}: must be an "
+                         "integer >= 1")
+    if args.executor != "ray" and (args.address or args.cpu_cases_per_node != 1):
+        raise SuiteError("--address and --cpu-cases-per-node go with --executor ray")
     if args.memory_limit is not None and args.memory_limit < 1:
         raise SuiteError(f"--memory-limit {args.memory_limit!r}: must be an integer >= 1 (MiB; "
                          "leave it out for no limit)")
@@ -138,6 +152,15 @@ def run(args: argparse.Namespace) -> int:
         suite.name + (f"-{args.device.replace(':', '')}" if args.device else ""))
     store = RunStore(out)
     digest = _digest(everything)
+    ray = None
+    if args.executor == "ray":  # before anything starts: Ray missing or unreachable is said now
+        from attnbench.runner.ray_executor import RayUnavailable, connect
+
+        try:
+            ray = connect(args.address)
+        except RayUnavailable as exc:
+            print(f"attnbench run: error: {exc}", file=sys.stderr)
+            return 2
     with contextlib.ExitStack() as held:
         try:
             if args.fresh and (store.exists() or store.results_path.exists()):
@@ -153,19 +176,27 @@ def run(args: argparse.Namespace) -> int:
             print(f"attnbench run: error: cannot use {out} as the run directory: "
                   f"{exc.strerror or exc}", file=sys.stderr)
             return 2
-        return _run_and_export(store, selected, run_id, args)
+        return _run_and_export(store, selected, run_id, args, ray)
 
 
-def _run_and_export(store: RunStore, selected, run_id: str, args) -> int:
+def _run_and_export(store: RunStore, selected, run_id: str, args, ray=None) -> int:
     from attnbench.runner.run import run_cases
     from attnbench.runs import load_source, write_results_csv
 
     out = store.path
-    print(f"run {run_id}: {len(selected)} case(s) -> {out}", file=sys.stderr)
+    how = "" if ray is None else f" through Ray ({len(ray.nodes())} node(s))"
+    print(f"run {run_id}: {len(selected)} case(s){how} -> {out}", file=sys.stderr)
     try:
         with _sigterm_as_interrupt():
-            counts = run_cases(selected, store, run_id, progress=not args.no_progress,
-                               retry=args.retry)
+            if ray is None:
+                counts = run_cases(selected, store, run_id, progress=not args.no_progress,
+                                   retry=args.retry)
+            else:
+                from attnbench.runner.ray_executor import run_cases_ray
+
+                counts = run_cases_ray(selected, store, run_id, ray=ray,
+                                       progress=not args.no_progress, retry=args.retry,
+                                       cpu_cases_per_node=args.cpu_cases_per_node)
     except (KeyboardInterrupt, Terminated) as stop:
         write_results_csv([load_source(out)], out / "results.csv")
         name = "terminated" if isinstance(stop, Terminated) else "interrupted"

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from attnbench.measure.environment import node_facts
 from attnbench.measure.oom import oom_killed_between, oom_kills
 from attnbench.runner.case import Case
 from attnbench.store import RunStore
@@ -88,7 +89,14 @@ def _last_json(text: str) -> dict | None:
 
 
 def run_case(case: Case, *, run_dir: Path | None = None, python: str = sys.executable) -> Outcome:
-    """Run one case in a fresh worker process; never raises for a failing case."""
+    """Run one case in a fresh worker process; never raises for a failing case. The row's
+    metrics say which machine ran it (``node_*``)."""
+    outcome = _run_worker(case, run_dir=run_dir, python=python)
+    outcome.metrics = {**outcome.metrics, **node_facts(case.device)}
+    return outcome
+
+
+def _run_worker(case: Case, *, run_dir: Path | None, python: str) -> Outcome:
     start = time.perf_counter()
     oom_before = oom_kills()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -153,53 +161,79 @@ def skipped_by_oom(case: Case, oom_lengths: dict[str, int]) -> str | None:
     return None
 
 
+class Sweep:
+    """What a sweep has left to do, and the one place its rows are written: the cases not yet
+    in the store (and those whose last row has a status in ``retry``), the lengths at which
+    each series ran out of memory, counts by status, and the progress bar. Both executors
+    (this module's one-at-a-time loop and :mod:`attnbench.runner.ray_executor`) use it."""
+
+    def __init__(self, cases: Sequence[Case], store: RunStore, run_id: str, *,
+                 progress: bool = True, retry: Sequence[str] = ()) -> None:
+        self.store, self.run_id = store, run_id
+        store.repair()
+        rows, problems = store.scan()
+        for problem in problems:
+            print(f"warning: {problem}: left out (its case, if any, runs again)",
+                  file=sys.stderr)
+        last = {row["case_id"]: row for row in rows}  # the last row of a case decides
+        done = {k: row for k, row in last.items() if row["status"] not in retry}
+        self.oom_lengths: dict[str, int] = {}
+        for row in done.values():
+            if row["status"] == "oom":
+                self._note_oom(Case.from_dict(row["case"]))
+        self.todo = [c for c in cases if c.case_id not in done]
+        self.counts: dict[str, int] = {}
+        self.bar = _progress(len(cases), len(cases) - len(self.todo), progress)
+
+    def _note_oom(self, case: Case) -> None:
+        key = case.series_key()
+        self.oom_lengths[key] = min(case.length, self.oom_lengths.get(key, case.length))
+
+    def skip_reason(self, case: Case) -> str | None:
+        return skipped_by_oom(case, self.oom_lengths)
+
+    def record(self, case: Case, outcome: Outcome, started: str) -> None:
+        """Append the case's row (durable before this returns) and update the counts."""
+        self.store.append({"run_id": self.run_id, "case_id": case.case_id,
+                           "case": case.to_dict(), "status": outcome.status,
+                           "error": outcome.error, "metrics": outcome.metrics,
+                           "started_at": started, "wall_s": outcome.wall_s})
+        if outcome.status == "oom":
+            self._note_oom(case)
+        self.counts[outcome.status] = self.counts.get(outcome.status, 0) + 1
+        if outcome.status != "ok":
+            self.bar.write(f"{case.label()}: {outcome.status}: "
+                           f"{(outcome.error or '').splitlines()[0][:160]}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
 def run_cases(cases: Sequence[Case], store: RunStore, run_id: str, *,
               progress: bool = True, runner: Callable[..., Outcome] = run_case,
               retry: Sequence[str] = ()) -> dict:
-    """Run every case not yet in ``store``, and those whose last row has a status in
-    ``retry`` (the new row supersedes the old); returns counts by status for this
+    """Run every case not yet in ``store``, one at a time, and those whose last row has a
+    status in ``retry`` (the new row supersedes the old); returns counts by status for this
     invocation."""
-    store.repair()
-    done = {}
-    rows, problems = store.scan()
-    for problem in problems:
-        print(f"warning: {problem}: left out (its case, if any, runs again)", file=sys.stderr)
-    for row in rows:
-        done[row["case_id"]] = row  # the last row of a case decides
-    done = {k: row for k, row in done.items() if row["status"] not in retry}
-    oom_lengths: dict[str, int] = {}
-    for row in done.values():
-        if row["status"] == "oom":
-            case = Case.from_dict(row["case"])
-            key = case.series_key()
-            oom_lengths[key] = min(case.length, oom_lengths.get(key, case.length))
-    todo = [c for c in cases if c.case_id not in done]
-    counts: dict[str, int] = {}
-    bar = _progress(len(cases), len(cases) - len(todo), progress)
+    sweep = Sweep(cases, store, run_id, progress=progress, retry=retry)
     try:
-        for case in todo:
-            bar.set_postfix_str(case.label(), refresh=True)
-            started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-            reason = skipped_by_oom(case, oom_lengths)
+        for case in sweep.todo:
+            sweep.bar.set_postfix_str(case.label(), refresh=True)
+            started = now()
+            reason = sweep.skip_reason(case)
             if reason:
                 outcome = Outcome("skipped", reason, {}, 0.0)
             else:
                 outcome = runner(case, run_dir=store.path)
-            store.append({"run_id": run_id, "case_id": case.case_id, "case": case.to_dict(),
-                          "status": outcome.status, "error": outcome.error,
-                          "metrics": outcome.metrics, "started_at": started,
-                          "wall_s": outcome.wall_s})
-            if outcome.status == "oom":
-                key = case.series_key()
-                oom_lengths[key] = min(case.length, oom_lengths.get(key, case.length))
-            counts[outcome.status] = counts.get(outcome.status, 0) + 1
-            if outcome.status != "ok":
-                bar.write(f"{case.label()}: {outcome.status}: "
-                          f"{(outcome.error or '').splitlines()[0][:160]}")
-            bar.update(1)
+            sweep.record(case, outcome, started)
     finally:
-        bar.close()
-    return counts
+        sweep.close()
+    return sweep.counts
 
 
 class _NoBar:

@@ -216,3 +216,25 @@ def test_every_drawn_figure_keeps_its_caption(golden_report):
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
     assert len(captions) == page.count('<img class="figure"')
     assert all(len(c) > 40 for c in captions), captions
+
+
+def test_the_report_groups_and_filters_by_node(tmp_path):
+    from attnbench.report import tables
+    from attnbench.report.frame import tidy_frame
+
+    both = [DATA / "torch-cpu", DATA / "jax-cpu"]
+    summary = tables.summary_table(tidy_frame(load_sources(both)))
+    column = summary.columns.index("nodes")
+    assert {row[column] for row in summary.rows} == {"bench-1", "bench-2"}
+    assert main_report([*map(str, both), "-o", str(tmp_path / "r"), "--node", "bench-2",
+                        "--no-attention-pattern"]) == 0
+    with open(tmp_path / "r" / "results.csv", newline="") as f:
+        records = list(csv.DictReader(f))
+    assert records and {r["node_host"] for r in records} == {"bench-2"}
+    assert {r["framework"] for r in records} == {"jax"}
+
+
+def main_report(argv):
+    from attnbench.cli import main
+
+    return main(["report", *argv])

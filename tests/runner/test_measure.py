@@ -85,3 +85,44 @@ def test_analytic_memory_terms():
 ])
 def test_is_oom(text, oom):
     assert is_oom(RuntimeError(text)) is oom
+
+
+def _snapshots(window_s, busy_s, own_s, steal_s=0.0):
+    from attnbench.measure.machine import Snapshot
+
+    before = Snapshot(wall_s=10.0, busy_s=500.0, steal_s=7.0, own_cpu_s=3.0, own_invol=100,
+                      own_vol=50)
+    after = Snapshot(wall_s=10.0 + window_s, busy_s=500.0 + busy_s, steal_s=7.0 + steal_s,
+                     own_cpu_s=3.0 + own_s, own_invol=160, own_vol=55)
+    return before, after
+
+
+def test_machine_metrics_subtract_the_workers_own_cpu_time():
+    from attnbench.measure.machine import machine_metrics
+
+    # 2 s on 2 CPUs offers 4 CPU-seconds; the CPUs were busy 3.5 s, the worker used 1.5 s
+    m = machine_metrics(*_snapshots(2.0, 3.5, 1.5, steal_s=0.4), cpus=[0, 1])
+    assert m["machine_other_cpu_s"] == pytest.approx(2.0)
+    assert m["machine_other_cpu_frac"] == pytest.approx(0.5)
+    assert m["machine_steal_frac"] == pytest.approx(0.1)
+    assert m["worker_invol_ctx_switches"] == 60 and m["worker_invol_ctx_per_s"] == 30
+    assert m["cpus"] == [0, 1]
+    # clock ticks can make the busy time fall short of the worker's own: never below zero
+    assert machine_metrics(*_snapshots(1.0, 0.9, 1.0), cpus=[0])["machine_other_cpu_s"] == 0
+
+
+@pytest.mark.parametrize("metrics, target, reasons", [
+    ({"time_rel_iqr": 0.04, "machine_other_cpu_frac": 0.02, "machine_steal_frac": 0.0}, 0.05,
+     []),
+    ({"time_rel_iqr": 0.12, "time_repeats": 20, "machine_other_cpu_frac": 0.0}, 0.05,
+     ["spread 12.0% stayed above the target 5% after 20 repeats"]),
+    ({"time_rel_iqr": 0.01, "machine_other_cpu_frac": 0.5, "cpus": [0, 1]}, 0.05,
+     ["machine busy: other processes used 50% of the case's CPUs [0, 1] (over 10%)"]),
+    ({"time_rel_iqr": 0.01, "machine_other_cpu_frac": 0.0, "machine_steal_frac": 0.07}, 0.05,
+     ["CPU steal 7% (over 5%)"]),
+    ({"time_rel_iqr": None, "machine_other_cpu_frac": None}, 0.05, []),  # nothing to judge
+])
+def test_unstable_reasons(metrics, target, reasons):
+    from attnbench.measure.machine import unstable_reasons
+
+    assert unstable_reasons(metrics, target) == reasons

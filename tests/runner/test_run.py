@@ -158,11 +158,13 @@ def test_plugin_variant_runs_in_a_worker(tmp_path):
 
 
 def _noise_case() -> Case:
-    """A torch case of ~10 ms a call on the CPUs the worker pins; the spread target is loose,
-    so on an idle machine only the load can mark it."""
+    """A torch case of ~10 ms a call on the CPUs the worker pins. Its spread target is out of
+    reach (1000%), so only the machine's load can mark it: these shared cores run one case at
+    two speeds from one moment to the next (an idle IQR of 55% was seen), which the spread rule
+    rightly marks; that rule has its own test (tests/runner/test_measure.py)."""
     return Case(variant="full-naive", framework="torch", mode="forward-backward", length=512,
                 d_model=64, n_heads=2, threads=min(2, len(os.sched_getaffinity(0))), warmup=2,
-                min_repeats=30, max_repeats=60, target_rel_iqr=0.5, time_budget_s=3.0,
+                min_repeats=30, max_repeats=30, target_rel_iqr=10.0, time_budget_s=3.0,
                 timeout_s=300)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnbench.measure.environment import capture
+from attnbench.measure.environment import capture, node_facts
 from attnbench.measure.machine import Snapshot, machine_metrics, unstable_reasons
 from attnbench.meta import Environment, GitInfo, RunMeta, SuiteInfo
 from attnbench.pytest_plugin import _flat_case_fields, build_case
@@ -84,9 +84,12 @@ def timed_metrics(median: float, mem: float | None, analytic: float | None, toke
 
 def row(run_id: str, case: Case, status: str = "ok", metrics: dict | None = None,
         error: str | None = None) -> dict:
+    """A row as the runner writes it; every row says its node (the JAX run ran on another)."""
+    node = {**node_facts("cpu"), "node_host": "bench-2" if "jax" in run_id else "bench-1",
+            "node_cpu": "AMD EPYC 7B13"}
     return {"schema": 1, "run_id": run_id, "case_id": case.case_id, "case": case.to_dict(),
-            "status": status, "error": error, "metrics": metrics or {}, "started_at": STARTED,
-            "wall_s": round(3.0 + RNG.random(), 2)}
+            "status": status, "error": error, "metrics": {**(metrics or {}), **node},
+            "started_at": STARTED, "wall_s": round(3.0 + RNG.random(), 2)}
 
 
 def attention_mb(variant: str, length: int, n_hashes: int | None, heads=4, d=64) -> float:
