@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from attnbench.runner.case import Case
 from attnbench.runner.suite import load_suite
 from attnbench.runs import load_source
 from tests.report.conftest import in_ci
-from tests.runs import create_run
+from tests.runs import create_run, fake_python, wait_for_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,12 +38,6 @@ def cluster():
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
-
-def fake_python(tmp_path: Path, body: str) -> str:
-    path = tmp_path / "fake-python"
-    path.write_text("#!/usr/bin/env bash\n" + body + "\n")
-    path.chmod(0o755)
-    return str(path)
 
 
 OK_RESULT = 'echo \'{"status": "ok", "error": null, "metrics": {"time_median_s": 0.01}}\''
@@ -128,10 +121,7 @@ def test_a_driver_killed_mid_sweep_resumes_with_every_case_exactly_once(cluster,
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     results = out / "results.jsonl"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not (
-            results.is_file() and results.read_text().count("\n") >= 1):
-        time.sleep(0.05)
+    wait_for_rows(results, 1, timeout_s=180)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = results.read_text().count("\n")

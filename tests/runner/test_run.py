@@ -9,26 +9,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from attnbench.runner.case import Case
 from attnbench.runner.run import run_case, run_cases
-from tests.runs import create_run
+from tests.runs import create_run, fake_python, wait_for_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(framework="torch", d_model=32, n_heads=2, threads=1, min_repeats=1, max_repeats=1,
             timeout_s=120)
 
-
-def fake_python(tmp_path: Path, body: str) -> str:
-    """An executable that ignores its arguments and runs ``body`` (bash)."""
-    path = tmp_path / "fake-python"
-    path.write_text("#!/usr/bin/env bash\n" + body + "\n")
-    path.chmod(0o755)
-    return str(path)
 
 
 def case(**changes) -> Case:
@@ -117,11 +109,7 @@ max_repeats = 1
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     results = out / "results.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if results.is_file() and results.read_text().count("\n") >= 1:
-            break
-        time.sleep(0.05)
+    wait_for_rows(results, 1, timeout_s=120)
     # one runner per run directory: a second one is refused, naming the holder
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 2, second.stderr
@@ -208,10 +196,7 @@ def test_sigterm_stops_like_an_interrupt_and_brings_the_csv_up_to_date(tmp_path)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     results = out / "results.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (
-            results.is_file() and results.read_text().count("\n") >= 1):
-        time.sleep(0.05)
+    wait_for_rows(results, 1, timeout_s=120)
     proc.send_signal(signal.SIGTERM)  # the runner only, as a scheduler or `kill` would
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
