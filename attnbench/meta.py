@@ -116,6 +116,8 @@ class RunMeta:
     argv: list[str] = field(default_factory=list)
     suite: SuiteInfo = field(default_factory=SuiteInfo)
     environment: Environment | None = None   # None: the source recorded none
+    workers: str | None = None         # "warm" or "cold" as the run started (rows: ``worker``)
+    compile_cache: str | None = None   # the compile cache's root; None: off or not recorded
     schema: int = SCHEMA_VERSION
 
     @classmethod

@@ -85,6 +85,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu-cases-per-node", type=int, default=1, metavar="N",
                    help="with --executor ray: CPU cases timed at once on one node (default 1: "
                    "timings on shared cores measure the neighbours); each row records it")
+    p.add_argument("--cold", action="store_true",
+                   help="start every case in a fresh interpreter (the reference behaviour) "
+                   "instead of forking it from a warm template that has imported the framework")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--compile-cache", metavar="DIR",
+                       help="persistent compile cache for JAX and Triton (default: "
+                       "$XDG_CACHE_HOME/attnbench/compile, i.e. ~/.cache/attnbench/compile)")
+    cache.add_argument("--no-compile-cache", action="store_true",
+                       help="compile everything afresh (each row still records compile_cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -168,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
                     _move_aside(store)
             store.check_usable()
             held.enter_context(store.lock())  # one runner per run directory, for the run
-            run_id = _open_run(store, suite, digest)
+            run_id = _open_run(store, suite, digest, args)
         except StoreError as exc:
             print(f"attnbench run: error: {exc}", file=sys.stderr)
             return 2
@@ -177,6 +186,15 @@ def run(args: argparse.Namespace) -> int:
                   f"{exc.strerror or exc}", file=sys.stderr)
             return 2
         return _run_and_export(store, selected, run_id, args, ray)
+
+
+def _compile_cache(args) -> Path | None:
+    from attnbench.runner.compile_cache import default_root
+
+    if args.no_compile_cache:
+        return None
+    return Path(args.compile_cache).expanduser().resolve() if args.compile_cache \
+        else default_root()
 
 
 def _run_and_export(store: RunStore, selected, run_id: str, args, ray=None) -> int:
@@ -190,13 +208,16 @@ def _run_and_export(store: RunStore, selected, run_id: str, args, ray=None) -> i
         with _sigterm_as_interrupt():
             if ray is None:
                 counts = run_cases(selected, store, run_id, progress=not args.no_progress,
-                                   retry=args.retry)
+                                   retry=args.retry, workers=_workers(args),
+                                   compile_cache=_compile_cache(args))
             else:
                 from attnbench.runner.ray_executor import run_cases_ray
 
                 counts = run_cases_ray(selected, store, run_id, ray=ray,
                                        progress=not args.no_progress, retry=args.retry,
-                                       cpu_cases_per_node=args.cpu_cases_per_node)
+                                       cpu_cases_per_node=args.cpu_cases_per_node,
+                                       workers=_workers(args),
+                                       compile_cache=_compile_cache(args))
     except (KeyboardInterrupt, Terminated) as stop:
         write_results_csv([load_source(out)], out / "results.csv")
         name = "terminated" if isinstance(stop, Terminated) else "interrupted"
@@ -213,6 +234,10 @@ def _run_and_export(store: RunStore, selected, run_id: str, args, ray=None) -> i
     print(f"{summary}; {n} row(s) in {out / 'results.jsonl'} and {out / 'results.csv'}",
           file=sys.stderr)
     return 0
+
+
+def _workers(args) -> str:
+    return "cold" if args.cold else "warm"
 
 
 class Terminated(BaseException):
@@ -249,7 +274,7 @@ def _move_aside(store: RunStore) -> None:
     print(f"moved the previous run to {aside}", file=sys.stderr)
 
 
-def _open_run(store: RunStore, suite: Suite, digest: str) -> str:
+def _open_run(store: RunStore, suite: Suite, digest: str, args) -> str:
     """Start the run, or resume it when it holds the same suite; returns the run id."""
     if store.exists():
         meta = store.read_meta()
@@ -265,6 +290,7 @@ def _open_run(store: RunStore, suite: Suite, digest: str) -> str:
     from attnbench.meta import RunMeta, SuiteInfo
 
     now = dt.datetime.now(dt.UTC)
+    cache = _compile_cache(args)
     run_id = f"{suite.name}-{now.strftime('%Y%m%d-%H%M%S')}"
     store.create(RunMeta(
         run_id=run_id, started_at=now.isoformat(timespec="seconds"), argv=list(sys.argv),
@@ -272,5 +298,6 @@ def _open_run(store: RunStore, suite: Suite, digest: str) -> str:
                         path=None if suite.path is None else str(suite.path), digest=digest,
                         n_cases=len(suite.cases), contracts=list(suite.contracts),
                         source=suite.source),
-        environment=capture()))
+        environment=capture(), workers=_workers(args),
+        compile_cache=None if cache is None else str(cache)))
     return run_id

@@ -26,6 +26,7 @@ the same command is repeated.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import socket
 import sys
@@ -84,11 +85,22 @@ def _probe(address: str | None, timeout_s: float = 5.0) -> None:
                              "--head`, or leave out --address for a local Ray") from None
 
 
-def _run_remote(case_dict: dict, run_dir: str, python: str) -> dict:
+@functools.cache
+def _launcher(python: str, workers: str, compile_cache: str | None):
+    """The launcher of this Ray worker process: its warm templates serve every task it runs
+    and die with it."""
+    from attnbench.runner.run import make_launcher
+
+    return make_launcher(workers, python, None if compile_cache is None else Path(compile_cache))
+
+
+def _run_remote(case_dict: dict, run_dir: str, python: str, workers: str,
+                compile_cache: str | None) -> dict:
     """The task: the local runner's ``run_case`` on whatever node Ray placed it."""
     from attnbench.runner.run import run_case
 
-    outcome = run_case(Case.from_dict(case_dict), run_dir=Path(run_dir), python=python)
+    outcome = run_case(Case.from_dict(case_dict), run_dir=Path(run_dir),
+                       launcher=_launcher(python, workers, compile_cache))
     return dataclasses.asdict(outcome)
 
 
@@ -112,8 +124,11 @@ def _alive_nodes(ray) -> dict[str, _Node]:
 
 def run_cases_ray(cases: Sequence[Case], store: RunStore, run_id: str, *, ray,
                   progress: bool = True, retry: Sequence[str] = (),
-                  cpu_cases_per_node: int = 1, python: str | None = None) -> dict:
-    """Run the sweep's remaining cases as Ray tasks; returns counts by status."""
+                  cpu_cases_per_node: int = 1, python: str | None = None,
+                  workers: str = "warm", compile_cache: Path | None = None) -> dict:
+    """Run the sweep's remaining cases as Ray tasks, each in ``workers`` (warm or cold) with
+    the compile cache ``compile_cache`` (a path every node can write; None: none); returns
+    counts by status."""
     if cpu_cases_per_node < 1:
         raise ValueError(f"cpu_cases_per_node={cpu_cases_per_node}: must be >= 1")
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -164,7 +179,8 @@ def run_cases_ray(cases: Sequence[Case], store: RunStore, run_id: str, *, ray,
                 ref = remote.options(
                     **options, scheduling_strategy=NodeAffinitySchedulingStrategy(
                         node.node_id, soft=False)).remote(
-                    case.to_dict(), str(store.path.resolve()), python or sys.executable)
+                    case.to_dict(), str(store.path.resolve()), python or sys.executable,
+                    workers, None if compile_cache is None else str(compile_cache))
                 running[node.node_id, slot(case)] += 1
                 in_flight[ref] = (case, node, now(), time.perf_counter())
                 busy_series.add(key)

@@ -16,7 +16,9 @@ loses at most the case in flight, which runs again when the same command is repe
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import signal
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from attnbench.measure.environment import node_facts
 from attnbench.measure.oom import oom_killed_between, oom_kills
+from attnbench.runner import compile_cache as compile_cache_env
 from attnbench.runner.case import Case
 from attnbench.store import RunStore
 
@@ -46,11 +49,14 @@ class Outcome:
     wall_s: float
 
 
-def worker_env(run_dir: Path | None = None) -> dict[str, str]:
+def worker_env(run_dir: Path | None = None, compile_cache: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["ATTNBENCH_RUNNER_PID"] = str(os.getpid())  # the worker dies with this process
     if run_dir is not None:  # task cases keep their checkpoints in the run directory
         env["ATTNBENCH_RUN_DIR"] = str(Path(run_dir).resolve())
+    env.pop(compile_cache_env.ENV, None)
+    if compile_cache is not None:
+        env[compile_cache_env.ENV] = str(Path(compile_cache).resolve())
     # JAX must not take most of the GPU up front: the peak must show, and room must remain.
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     parts = [str(_PACKAGE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -69,12 +75,113 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+class _ColdChild:
+    """A cold worker process, with the handle the supervisor uses (``wait``, ``kill``)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.pid = proc, proc.pid
+
+    def wait(self, timeout_s: float) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+class ColdLauncher:
+    """Every case in a fresh interpreter, ``python -m attnbench.runner.worker`` in its own
+    session, the case on stdin: the reference behaviour (``attnbench run --cold``)."""
+
+    kind = "cold"
+
+    def __init__(self, python: str = sys.executable, compile_cache: Path | None = None) -> None:
+        self.python, self.compile_cache = python, compile_cache
+
+    def start(self, case: Case, run_dir: Path | None, out: Path, err: Path):
+        """The started worker's handle, the moment it started, and facts for its row."""
+        started = time.perf_counter()
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            proc = subprocess.Popen([self.python, "-m", "attnbench.runner.worker"],
+                                    stdin=subprocess.PIPE, stdout=stdout, stderr=stderr,
+                                    env=worker_env(run_dir, self.compile_cache),
+                                    start_new_session=True, text=True)
+        child = _ColdChild(proc)
+        try:
+            proc.stdin.write(json.dumps(case.to_dict()))
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the worker died before reading its case: its exit status says why
+        except BaseException:
+            child.kill()
+            raise
+        return child, started, {}
+
+    def close(self) -> None:
         pass
-    proc.wait()
+
+
+# Variables that may change from case to case (Ray gives each task its GPU) and that nothing
+# reads before the case starts: a warm child gets them per case; any other change of the
+# environment starts a new template.
+PER_CASE_ENV = ("ATTNBENCH_RUN_DIR", "CUDA_VISIBLE_DEVICES")
+
+
+class WarmLauncher(ColdLauncher):
+    """Every case a child forked by its framework's template (:mod:`attnbench.runner.warm`),
+    the default; the templates start on first use and stop with ``close``."""
+
+    kind = "warm"
+
+    def __init__(self, python: str = sys.executable, compile_cache: Path | None = None) -> None:
+        from attnbench.runner.warm import Templates
+
+        super().__init__(python, compile_cache)
+        self.scratch = Path(tempfile.mkdtemp(prefix="attnbench-templates-"))
+        self.templates = Templates(python, self.scratch)
+
+    def start(self, case: Case, run_dir: Path | None, out: Path, err: Path):
+        env = worker_env(run_dir, self.compile_cache)
+        per_case = {name: env.pop(name, None) for name in PER_CASE_ENV}
+        template, start_s = self.templates.template(case.framework, env)
+        started = time.perf_counter()
+        child = template.fork(case.to_dict(), per_case, out, err)
+        facts = {} if start_s is None else {"worker_template_start_s": start_s}
+        return child, started, facts
+
+    def close(self) -> None:
+        import shutil
+
+        self.templates.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+WORKERS = ("warm", "cold")
+
+
+def make_launcher(workers: str = "warm", python: str = sys.executable,
+                  compile_cache: Path | None = None) -> ColdLauncher:
+    """A launcher of ``workers`` (``warm`` or ``cold``); the caller closes it."""
+    if workers not in WORKERS:
+        raise ValueError(f"workers={workers!r}: must be one of {', '.join(WORKERS)}")
+    return (WarmLauncher if workers == "warm" else ColdLauncher)(python, compile_cache)
+
+
+@contextlib.contextmanager
+def launcher(workers: str = "warm", python: str = sys.executable,
+             compile_cache: Path | None = None):
+    """:func:`make_launcher`, closed on exit."""
+    made = make_launcher(workers, python, compile_cache)
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 def _last_json(text: str) -> dict | None:
@@ -88,69 +195,78 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
-def run_case(case: Case, *, run_dir: Path | None = None, python: str = sys.executable) -> Outcome:
-    """Run one case in a fresh worker process; never raises for a failing case. The row's
-    metrics say which machine ran it (``node_*``)."""
-    outcome = _run_worker(case, run_dir=run_dir, python=python)
-    outcome.metrics = {**outcome.metrics, **node_facts(case.device)}
+def run_case(case: Case, *, run_dir: Path | None = None, python: str = sys.executable,
+             launcher=None) -> Outcome:
+    """Run one case in a worker process (``launcher``'s, else a cold one); never raises for a
+    failing case. The row's metrics say how it started (``worker``) and which machine ran it
+    (``node_*``), and for timed modes the harness's own time (``overhead_s``)."""
+    launcher = launcher or ColdLauncher(python)
+    outcome = _run_worker(case, run_dir=run_dir, launcher=launcher)
+    outcome.metrics = {**outcome.metrics, "worker": launcher.kind, **node_facts(case.device)}
+    m = outcome.metrics
+    if outcome.status == "ok" and "warmup_s" in m and m.get("time_samples_s") is not None:
+        # process start, imports, building and compiling the step: wall minus the measured calls
+        m["overhead_s"] = outcome.wall_s - m["warmup_s"] - sum(m["time_samples_s"])
     return outcome
 
 
-def _run_worker(case: Case, *, run_dir: Path | None, python: str) -> Outcome:
-    start = time.perf_counter()
+def _run_worker(case: Case, *, run_dir: Path | None, launcher) -> Outcome:
+    from attnbench.runner.warm import TemplateError
+
     oom_before = oom_kills()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([python, "-m", "attnbench.runner.worker"],
-                                stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                env=worker_env(run_dir), start_new_session=True, text=True)
-        killed_for = None
+    with tempfile.TemporaryDirectory(prefix="attnbench-case-") as scratch:
+        out, err = Path(scratch) / "stdout", Path(scratch) / "stderr"
+        start = time.perf_counter()
         try:
-            try:
-                proc.stdin.write(json.dumps(case.to_dict()))
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # the worker died before reading its case: its exit status says why
-            while proc.poll() is None:
+            child, start, facts = launcher.start(case, run_dir, out, err)
+        except TemplateError as exc:
+            return Outcome("error", f"no worker: {exc}", {}, time.perf_counter() - start)
+        killed_for = None
+        returncode = None
+        try:
+            while (returncode := child.wait(POLL_S)) is None:
                 elapsed = time.perf_counter() - start
                 if elapsed > case.timeout_s:
                     killed_for = "timeout"
-                elif case.memory_limit_mb and (_rss_mb(proc.pid) or 0) > case.memory_limit_mb:
+                elif case.memory_limit_mb and (_rss_mb(child.pid) or 0) > case.memory_limit_mb:
                     killed_for = "memory"
                 if killed_for:
-                    _kill_group(proc)
+                    child.kill()
                     break
-                time.sleep(POLL_S)
+        except TemplateError as exc:
+            child.kill()
+            return Outcome("error", str(exc), facts, time.perf_counter() - start)
         except BaseException:
-            _kill_group(proc)  # interrupted: leave no orphan worker behind
+            child.kill()  # interrupted: leave no orphan worker behind
             raise
         wall = time.perf_counter() - start
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
+        stdout = out.read_text(errors="replace")
+        stderr = err.read_text(errors="replace")
     if killed_for == "timeout":
         return Outcome("timeout", f"no result within timeout_s={case.timeout_s:g} s "
-                       "(worker killed)", {}, wall)
+                       "(worker killed)", facts, wall)
     if killed_for == "memory":
         return Outcome("oom", f"resident memory exceeded memory_limit_mb="
-                       f"{case.memory_limit_mb} (worker killed)", {}, wall)
+                       f"{case.memory_limit_mb} (worker killed)", facts, wall)
     result = _last_json(stdout)
-    if result is not None and proc.returncode == 0:
-        return Outcome(result["status"], result.get("error"), result.get("metrics", {}), wall)
+    if result is not None and returncode == 0:
+        return Outcome(result["status"], result.get("error"),
+                       {**result.get("metrics", {}), **facts}, wall)
     tail = " | ".join(stderr.strip().splitlines()[-ERROR_TAIL_LINES:])
-    if proc.returncode == -signal.SIGKILL:
+    if returncode == -signal.SIGKILL:
         detail = f": {tail}" if tail else ""
         killed_by_oom = oom_killed_between(oom_before, oom_kills())
         if killed_by_oom:
             return Outcome("oom", "worker killed by SIGKILL from the kernel's OOM killer (its "
-                           f"oom_kill counter moved){detail}", {}, wall)
+                           f"oom_kill counter moved){detail}", facts, wall)
         why = ("no OOM-kill counter moved: not the OOM killer" if killed_by_oom is False
                else "no OOM-kill counter is readable here, so it cannot say whether memory "
                "ran out")
-        return Outcome("error", f"worker killed by SIGKILL ({why}){detail}", {}, wall)
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        return Outcome("error", f"worker killed by {name}: {tail}", {}, wall)
-    return Outcome("error", f"worker exited with code {proc.returncode}: {tail}", {}, wall)
+        return Outcome("error", f"worker killed by SIGKILL ({why}){detail}", facts, wall)
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        return Outcome("error", f"worker killed by {name}: {tail}", facts, wall)
+    return Outcome("error", f"worker exited with code {returncode}: {tail}", facts, wall)
 
 
 def skipped_by_oom(case: Case, oom_lengths: dict[str, int]) -> str | None:
@@ -215,22 +331,26 @@ def now() -> str:
 
 
 def run_cases(cases: Sequence[Case], store: RunStore, run_id: str, *,
-              progress: bool = True, runner: Callable[..., Outcome] = run_case,
-              retry: Sequence[str] = ()) -> dict:
+              progress: bool = True, runner: Callable[..., Outcome] | None = None,
+              retry: Sequence[str] = (), workers: str = "warm",
+              compile_cache: Path | None = None) -> dict:
     """Run every case not yet in ``store``, one at a time, and those whose last row has a
-    status in ``retry`` (the new row supersedes the old); returns counts by status for this
-    invocation."""
+    status in ``retry`` (the new row supersedes the old), in ``workers`` (warm or cold) with
+    the compile cache ``compile_cache`` (None: none); returns counts by status for this
+    invocation. ``runner`` replaces :func:`run_case` (tests)."""
     sweep = Sweep(cases, store, run_id, progress=progress, retry=retry)
     try:
-        for case in sweep.todo:
-            sweep.bar.set_postfix_str(case.label(), refresh=True)
-            started = now()
-            reason = sweep.skip_reason(case)
-            if reason:
-                outcome = Outcome("skipped", reason, {}, 0.0)
-            else:
-                outcome = runner(case, run_dir=store.path)
-            sweep.record(case, outcome, started)
+        with launcher(workers, compile_cache=compile_cache) as made:
+            run = runner or functools.partial(run_case, launcher=made)
+            for case in sweep.todo:
+                sweep.bar.set_postfix_str(case.label(), refresh=True)
+                started = now()
+                reason = sweep.skip_reason(case)
+                if reason:
+                    outcome = Outcome("skipped", reason, {}, 0.0)
+                else:
+                    outcome = run(case, run_dir=store.path)
+                sweep.record(case, outcome, started)
     finally:
         sweep.close()
     return sweep.counts

@@ -255,7 +255,7 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
         value = point.get(name)
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)
                                   or not math.isfinite(value) or value <= 0):
-            bad(name, f"{value!r}: must be a positive, finite number")
+            bad(name, "must be a positive, finite number")
     if "causal" in point and not isinstance(point["causal"], bool):
         bad("causal", "must be true or false")
     if "options" in point and not isinstance(point["options"], dict):

@@ -1,7 +1,9 @@
 """The worker: measures one case in this (fresh) process and prints one JSON result.
 
-Started by the runner as ``python -m attnbench.runner.worker`` with the case as JSON on
-stdin. The last line of stdout is ``{"status": ..., "error": ..., "metrics": {...}}``;
+Started by the runner cold, as ``python -m attnbench.runner.worker`` with the case as JSON on
+stdin, or warm, as a child forked by a template process that has already imported the
+framework (:mod:`attnbench.runner.warm`); both call :func:`run_and_print`. The last line of
+stdout is ``{"status": ..., "error": ..., "metrics": {...}}``;
 anything the libraries print comes before it. Every failure the worker can see becomes a
 status (``oom`` for CUDA, XLA and CPU allocator out-of-memory errors, ``error`` for the rest);
 failures it cannot see (killed by the kernel, a hang) are the runner's to record.
@@ -22,18 +24,18 @@ import time
 import traceback
 
 from attnbench.measure.memory import is_oom
+from attnbench.runner import compile_cache
 from attnbench.runner.case import TIMED_MODES, Case
 from attnbench.variants import get_variant, load_plugin
 
 ERROR_TEXT_LIMIT = 2000
 
 
-def _die_with_runner() -> None:
-    """Ask Linux to SIGKILL this worker when the runner dies, so killing a run leaves no orphan
-    (set here, after exec, rather than in a pre-exec hook: forking a threaded runner safely
-    means running no Python between fork and exec)."""
-    runner = os.environ.get("ATTNBENCH_RUNNER_PID")
-    if not runner:
+def die_with_parent(parent: int | None) -> None:
+    """Ask Linux to SIGKILL this process when its parent (pid ``parent``) dies, so killing a
+    run leaves no orphan (set here, after exec or fork, rather than in a pre-exec hook: forking
+    a threaded runner safely means running no Python between fork and exec)."""
+    if not parent:
         return
     try:
         import ctypes
@@ -42,8 +44,14 @@ def _die_with_runner() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() != int(runner):  # the runner died before the request took effect
+    if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
+
+
+def runner_pid() -> int | None:
+    """The runner this process must die with (``ATTNBENCH_RUNNER_PID``), if any."""
+    pid = os.environ.get("ATTNBENCH_RUNNER_PID")
+    return int(pid) if pid else None
 
 
 # The CPUs this worker was pinned to, before any framework started threads (an OpenMP runtime
@@ -133,18 +141,19 @@ def finite_or_none(value):
     return value
 
 
-def main() -> int:
-    _die_with_runner()
+def run_and_print(case_json: str) -> int:
+    """Measure the case (JSON text) and print its result as the last line of stdout."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
-        case = Case.from_dict(json.loads(sys.stdin.read()))
+        case = Case.from_dict(json.loads(case_json))
         for ref in case.plugins:
             load_plugin(ref)
         if case.device == "cpu":
             _pin_cpus(case.threads)
-        if case.memory_limit_mb:
-            os.environ["ATTNBENCH_MEMORY_LIMIT_MB"] = str(case.memory_limit_mb)
-        result = {"status": "ok", "error": None, "metrics": finite_or_none(measure(case))}
+        cache = compile_cache.configure(case)
+        metrics = measure(case)
+        metrics.update(cache.result())
+        result = {"status": "ok", "error": None, "metrics": finite_or_none(metrics)}
     except BaseException as exc:  # noqa: BLE001 - every failure must become a result
         text = "".join(traceback.format_exception_only(exc)).strip()
         if not isinstance(exc, ValueError | KeyError | MemoryError):
@@ -155,6 +164,11 @@ def main() -> int:
     sys.stdout.flush()
     print("\n" + json.dumps(result, default=str), flush=True)
     return 0
+
+
+def main() -> int:
+    die_with_parent(runner_pid())
+    return run_and_print(sys.stdin.read())
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def test_never_two_cases_on_one_logical_gpu_at_once(cluster, tmp_path):
     cases = [gpu_case(64 * (i + 1), variant) for i, variant in
              enumerate(["full-naive", "full-fused", "full-shared-qk"] * 2)]
     store = create_run(tmp_path / "run")
-    counts = run_cases_ray(cases, store, "run", ray=ray, progress=False, python=python)
+    counts = run_cases_ray(cases, store, "run", ray=ray, progress=False, python=python,
+                           workers="cold")  # the fake is no interpreter to fork from
     assert counts == {"ok": 6}, [r["error"] for r in store.rows()]
     events = [line.split() for line in log.read_text().splitlines()]
     spans: dict[str, list[tuple[float, float]]] = {}
@@ -99,7 +100,8 @@ def test_a_worker_lost_mid_case_is_an_error_row_naming_the_node(cluster, tmp_pat
                                    f'touch "{mark}"; kill -9 $PPID; sleep 5')
     cases = [gpu_case(64), gpu_case(128)]  # one series: the second waits for the first
     store = create_run(tmp_path / "run")
-    counts = run_cases_ray(cases, store, "run", ray=ray, progress=False, python=python)
+    counts = run_cases_ray(cases, store, "run", ray=ray, progress=False, python=python,
+                           workers="cold")  # the fake is no interpreter to fork from
     rows = {r["case"]["length"]: r for r in store.rows()}
     assert counts == {"error": 1, "ok": 1}, rows
     assert rows[64]["status"] == "error" and "lost on node" in rows[64]["error"]

@@ -84,27 +84,33 @@ def test_memory_limit_records_oom_then_skips_longer_and_goes_on(tmp_path):
     assert rows[128]["status"] == "ok" and rows[128]["metrics"]["time_median_s"] > 0
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_with_every_case_exactly_once(tmp_path):
-    suite = tmp_path / "resume.toml"
-    suite.write_text("""
-name = "resume"
-description = "four tiny torch cases"
+# Four cases of about a second each, warm or cold (a warm tiny case ends in 50 ms, before any
+# kill could land mid-sweep): fixed repeats of a ~10-40 ms step.
+FOUR_CASES = """
+name = "four"
+description = "four torch cases of about a second"
 [[sweep]]
-variant = "lsh"
+variant = "full-naive"
 framework = "torch"
-mode = "forward"
-length = [64, 128, 192, 256]
-chunk_len = 32
-d_model = 32
+mode = "forward-backward"
+length = [512, 640, 768, 896]
+d_model = 64
 n_heads = 2
 threads = 1
-min_repeats = 1
-max_repeats = 1
-""")
+min_repeats = 40
+max_repeats = 40
+target_rel_iqr = 1e-9
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [[], ["--cold"]], ids=["warm", "cold"])
+def test_killed_run_resumes_with_every_case_exactly_once(tmp_path, workers):
+    suite = tmp_path / "resume.toml"
+    suite.write_text(FOUR_CASES)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "attnbench.cli", "run", str(suite), "--out", str(out),
-           "--no-progress"]
+           "--no-progress", *workers]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -123,9 +129,10 @@ max_repeats = 1
     assert done.returncode == 0, done.stderr
     assert "resuming run" in done.stderr
     rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert sorted(r["case"]["length"] for r in rows) == [64, 128, 192, 256]
+    assert sorted(r["case"]["length"] for r in rows) == [512, 640, 768, 896]
     assert len({r["case_id"] for r in rows}) == 4
     assert all(r["status"] == "ok" for r in rows)
+    assert {r["metrics"]["worker"] for r in rows} == {"cold" if workers else "warm"}
     assert (out / "results.csv").read_text().count("\n") == 5
 
 
@@ -185,10 +192,7 @@ def test_a_case_timed_under_a_competing_load_is_marked_unstable_and_idle_it_is_n
 
 def test_sigterm_stops_like_an_interrupt_and_brings_the_csv_up_to_date(tmp_path):
     suite = tmp_path / "term.toml"
-    suite.write_text('name = "term"\n[[sweep]]\nvariant = "lsh"\nframework = "torch"\n'
-                     'mode = "forward"\nlength = [64, 128, 192, 256]\nchunk_len = 32\n'
-                     'd_model = 32\nn_heads = 2\nthreads = 1\nmin_repeats = 1\n'
-                     'max_repeats = 1\n')
+    suite.write_text(FOUR_CASES)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "attnbench.cli", "run", str(suite), "--out", str(out),
            "--no-progress"]
@@ -225,7 +229,8 @@ def _runner_of(proc_dir: Path) -> str | None:
 def test_retry_runs_failed_cases_again_and_the_new_row_supersedes(tmp_path):
     store = create_run(tmp_path / "run", "r")
     too_short = [case(length=64, timeout_s=0.2), case(length=128, timeout_s=0.2)]
-    assert run_cases(too_short, store, "r", progress=False) == {"timeout": 2}
+    # cold: a fresh interpreter cannot import torch in 0.2 s (a warm child can end in 50 ms)
+    assert run_cases(too_short, store, "r", progress=False, workers="cold") == {"timeout": 2}
     fixed = [case(length=64), case(length=128)]  # the same cases (a timeout is not 'what')
     assert run_cases(fixed, store, "r", progress=False) == {}  # resume: nothing new
     assert run_cases(fixed, store, "r", progress=False, retry=("timeout",)) == {"ok": 2}
