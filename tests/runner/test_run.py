@@ -133,6 +133,8 @@ def test_killed_run_resumes_with_every_case_exactly_once(tmp_path, workers):
     assert len({r["case_id"] for r in rows}) == 4
     assert all(r["status"] == "ok" for r in rows)
     assert {r["metrics"]["worker"] for r in rows} == {"cold" if workers else "warm"}
+    assert json.loads((out / "meta.json").read_text())["workers"] == ("cold" if workers
+                                                                      else "warm")
     assert (out / "results.csv").read_text().count("\n") == 5
 
 
