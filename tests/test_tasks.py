@@ -3,6 +3,7 @@ NumPy only, plus one check that both frameworks' training loops read identical b
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -233,3 +234,58 @@ def test_reference_recall_is_one_when_one_chunk_covers_the_sequence(rng):
     partial = R.lsh_recall(qk, rng.integers(0, 8, size=(1, 2, 1, 16)), n_buckets=8,
                            chunk_len=2, causal=False)
     assert (partial <= 1 + 1e-12).all() and partial.mean() < 1
+
+
+# -- the plateau rule --------------------------------------------------------------------------
+
+RULE = dict(plateau_steps=100, plateau_delta=0.01, plateau_below=0.1)
+
+
+def _curve(losses, every=50):
+    return [[every * (i + 1), loss] for i, loss in enumerate(losses)]
+
+
+def test_a_flat_learned_curve_has_plateaued_and_a_falling_one_has_not():
+    from attnbench.tasks.stopping import plateaued
+
+    learned = _curve([4.0, 3.9, 1.0, 0.05, 0.045, 0.044, 0.043])
+    assert plateaued(learned, **RULE)
+    falling = _curve([4.0, 3.9, 1.0, 0.30, 0.20, 0.12, 0.05])
+    assert not plateaued(falling, **RULE)
+    assert not plateaued(learned, **{**RULE, "plateau_steps": 0})  # no rule
+
+
+def test_the_plateau_before_learning_does_not_count():
+    from attnbench.tasks.stopping import plateaued
+
+    stuck = _curve([4.0, 3.95, 3.94, 3.94, 3.93, 3.93, 3.93])  # flat, but at chance
+    assert not plateaued(stuck, **RULE)
+    too_early = _curve([4.0, 0.04, 0.04])  # flat and learned, but under 2 x plateau_steps
+    assert not plateaued(too_early, **RULE)
+
+
+def test_the_stop_reason_is_read_back_from_a_stored_curve():
+    from attnbench.tasks.stopping import stop_reason
+
+    config = TaskConfig(steps=350, **RULE)
+    assert stop_reason(_curve([4.0, 3.9, 1.0, 0.05, 0.045, 0.044, 0.043]), config) == "plateau"
+    assert stop_reason(_curve([4.0, 3.9, 1.0, 0.30, 0.20, 0.12, 0.05]), config) == "budget"
+    assert stop_reason(_curve([4.0, 0.1]), TaskConfig(steps=100)) == "fixed"
+
+
+@pytest.mark.parametrize("changes, rule", [
+    (dict(plateau_steps=-1), "plateau_steps=-1: must be >= 0"),
+    (dict(plateau_steps=75, log_every=50), "must be a multiple of log_every=50"),
+    (dict(plateau_steps=100, plateau_below=1.5),
+     "plateau_below=1.5: must be a number > 0 and < 1"),
+    (dict(plateau_steps=100, plateau_delta=0), "plateau_delta=0: must be a number > 0"),
+])
+def test_a_bad_plateau_rule_is_refused_naming_the_value(changes, rule):
+    with pytest.raises(ValueError, match=re.escape(rule)):
+        TaskConfig(**changes)
+
+
+def test_the_plateau_rule_changes_the_checkpoint_key_only_when_on():
+    plain = TaskConfig()
+    assert plain.train_key() == TaskConfig(plateau_delta=0.5).train_key()  # rule off: unused
+    assert plain.train_key() != TaskConfig(plateau_steps=100).train_key()

@@ -27,6 +27,7 @@ from attnbench.tasks.checkpoint import Trained, flatten_tree, unflatten_tree
 from attnbench.tasks.config import TaskConfig
 from attnbench.tasks.data import EVAL_STREAM, TRAIN_STREAM, Batch, make_batch
 from attnbench.tasks.experiment import run_experiment
+from attnbench.tasks.stopping import plateaued, rule
 
 FRAMEWORK = "jax"
 _EVAL_SEED_STREAM = 7  # sub-stream of config.seed for evaluation's LSH rotations
@@ -98,8 +99,10 @@ def _on_device(batch: Batch):
 
 
 def train(config: TaskConfig, *, device: str = "cpu") -> Trained:
-    """Adam at ``config.lr`` for ``config.steps`` steps of ``config.batch`` sequences under
-    ``config.train_attention``; the loss curve averages the loss over each ``log_every`` steps."""
+    """Adam at ``config.lr`` for at most ``config.steps`` steps of ``config.batch`` sequences
+    under ``config.train_attention``, stopping once the loss has plateaued when
+    ``config.plateau_steps`` asks (:mod:`attnbench.tasks.stopping`); the loss curve averages the
+    loss over each ``log_every`` steps."""
     with jax.default_device(resolve_device(device)):
         return _train(config)
 
@@ -119,6 +122,8 @@ def _train(config: TaskConfig) -> Trained:
         if step % config.log_every == 0 or step == config.steps:
             curve.append([step, float(jnp.mean(jnp.stack(window)))])
             window = []
+            if plateaued(curve, **rule(config)):
+                break
     weights = weights_of(params)  # waits for the last step
     return Trained(weights, curve, time.perf_counter() - start)
 

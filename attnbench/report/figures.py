@@ -376,6 +376,54 @@ def accuracy_matrix(frame):
     return fig
 
 
+def accuracy_vs_length(frame):
+    """Accuracy against length, a panel per training attention and a line per evaluation
+    attention (style: framework); the paper's and the fastai reproduction's length-1024
+    values as marked points; models that used their budget without plateauing crossed."""
+    import pandas as pd
+
+    from attnbench.report.table2 import task_cells
+
+    sns = _seaborn()
+    cells = pd.DataFrame.from_records(task_cells(frame))
+    if not len(cells) or cells["length"].nunique() < 2:
+        raise NoData("no synthetic-task results at two or more lengths")
+    cells = cells.groupby(["framework", "length", "train", "eval"], as_index=False).agg(
+        accuracy=("accuracy", "mean"), converged=("converged", lambda v: False not in set(v)))
+    cells["accuracy"] *= 100
+    order = {name: i for i, name in enumerate(paper.TABLE2_EVAL)}
+    trains = sorted(cells["train"].unique(), key=lambda n: order.get(n, 99))[:MAX_PANELS]
+    palette = _palette(sorted(cells["eval"].unique(), key=lambda n: order.get(n, 99)))
+    fig, axes = _subplots(len(trains), width=4.8, height=3.4)
+    for ax, train in zip(axes, trains, strict=True):
+        part = cells[cells["train"] == train]
+        sns.lineplot(data=part, x="length", y="accuracy", hue="eval", style="framework",
+                     markers=True, dashes=True, palette=palette, errorbar=None, ax=ax)
+        late = part[~part["converged"]]
+        if len(late):
+            ax.scatter(late["length"], late["accuracy"], marker="x", s=70, color="black",
+                       zorder=5, label="not converged (budget used)")
+        for table, marker, name in ((paper.TABLE2_ACCURACY, "*", "paper"),
+                                    (paper.TABLE2_REPRO_ACCURACY, "o", "fastai repro")):
+            if train not in table:
+                continue
+            for evaluated in part["eval"].unique():
+                if evaluated in paper.TABLE2_EVAL:
+                    value = 100 * table[train][paper.TABLE2_EVAL.index(evaluated)]
+                    ax.scatter([paper.TABLE2_LENGTH], [value], marker=marker, s=70,
+                               facecolor=palette[evaluated] if marker == "*" else "none",
+                               edgecolor=palette[evaluated], zorder=4)
+            ax.scatter([], [], marker=marker, s=50, facecolor="grey" if marker == "*" else
+                       "none", edgecolor="grey", label=f"{name}, L={paper.TABLE2_LENGTH}")
+        _length_axis(ax)
+        ax.set_ylim(-2, 102)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"trained with {train}")
+        _legend_outside(ax)
+    fig.tight_layout()
+    return fig
+
+
 def training_curves(frame):
     import pandas as pd
 
@@ -499,6 +547,11 @@ FIGURES = (
      "Rows: attention used in training; columns: attention used in evaluation. The paper's "
      "Table 2 is drawn beside ours (its task is length 1024 and 150K steps; ours may be "
      "smaller, so compare the pattern, not the numbers)."),
+    ("accuracy-vs-length", "Synthetic-task accuracy vs sequence length", accuracy_vs_length,
+     "Each train x eval cell against length: a panel per attention used in training, a line "
+     "per attention used in evaluation (style: framework). Stars: the paper's Table 2 at "
+     "length 1024; rings: the fastai reproduction's; crosses: models that used their whole "
+     "step budget without their loss plateauing."),
     ("training-curves", "Training curves", training_curves,
      "Training loss per step of each synthetic-task run."),
     ("memory-vs-depth", "Memory vs depth", memory_vs_depth,

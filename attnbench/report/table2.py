@@ -1,12 +1,20 @@
-"""The train x eval accuracy matrix of task runs as Markdown, beside the paper's Table 2.
+"""The train x eval accuracy matrices of task runs as Markdown, beside the paper's Table 2.
 
-``attnbench report RUN --table2-markdown FILE`` writes it; the checked-in summary of the CPU
-reproduction (``reports/paper-table2-cpu.md``) is made this way.
+``attnbench report RUN --table2-markdown FILE`` writes it; the checked-in summaries
+(``reports/paper-table2-cpu.md``, ``reports/paper-table2-length.md``) are made this way. One
+matrix per task, framework and length; a row whose model used its whole step budget without
+its loss plateauing (``task_converged`` false) is marked as not converged. Where a task and
+framework ran at two or more lengths, a table of each cell against length follows, with the
+paper's and the fastai reproduction's length-1024 values beside it.
 """
 
 from __future__ import annotations
 
+import math
+
 from attnbench.report import paper
+
+NOT_CONVERGED = "†"
 
 
 def _cell(value) -> str:
@@ -18,23 +26,66 @@ def _sort_key(name: str) -> int:
     return order.get(name, len(order))
 
 
-def matrices(frame) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
-    """{(task, framework): {trained with: {evaluated with: accuracy}}} of the ok task rows
-    (the mean where several seeds ran)."""
-    out: dict[tuple[str, str], dict[str, dict[str, list[float]]]] = {}
+def _number(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def task_cells(frame) -> list[dict]:
+    """One record per ok task row and evaluation: task, framework, length, train, eval,
+    accuracy, and how the training ended (stop, steps, budget, converged)."""
     if "task_eval" not in frame.columns:
-        return {}
+        return []
     rows = frame[(frame["mode"] == "task") & (frame["status"] == "ok")]
+    records = []
     for _, row in rows.iterrows():
         if not isinstance(row["task_eval"], dict):
             continue
-        key = (str(row.get("task") or "task"), str(row.get("framework")))
-        train = str(row.get("train_attention") or row.get("variant"))
+        converged = _number(row.get("task_converged"))
+        common = {"task": str(row.get("task") or "task"), "framework": str(row.get("framework")),
+                  "length": int(row["length"]),
+                  "train": str(row.get("train_attention") or row.get("variant")),
+                  "stop": _number(row.get("task_stop")), "steps": _number(row.get("task_steps")),
+                  "budget": _number(row.get("task_step_budget")),
+                  "converged": None if converged is None else bool(converged)}
         for evaluated, accuracy in row["task_eval"].items():
-            out.setdefault(key, {}).setdefault(train, {}).setdefault(evaluated, []).append(
-                float(accuracy))
+            records.append({**common, "eval": str(evaluated), "accuracy": float(accuracy)})
+    return records
+
+
+def matrices(frame) -> dict[tuple[str, str, int], dict[str, dict[str, float]]]:
+    """{(task, framework, length): {trained with: {evaluated with: accuracy}}} (the mean
+    where several seeds ran)."""
+    sums: dict = {}
+    for c in task_cells(frame):
+        cell = sums.setdefault((c["task"], c["framework"], c["length"]), {}).setdefault(
+            c["train"], {}).setdefault(c["eval"], [])
+        cell.append(c["accuracy"])
     return {k: {t: {e: sum(v) / len(v) for e, v in evals.items()} for t, evals in grid.items()}
-            for k, grid in out.items()}
+            for k, grid in sums.items()}
+
+
+def trainings(frame) -> dict[tuple[str, str, int, str], str]:
+    """How each model's training ended, as text; ``NOT_CONVERGED`` leads when a model (any
+    seed) used its whole budget without plateauing."""
+    seen: dict = {}
+    for c in task_cells(frame):
+        seen.setdefault((c["task"], c["framework"], c["length"], c["train"]), {})[
+            (c["stop"], c["steps"], c["budget"], c["converged"])] = None
+    out = {}
+    for key, ends in seen.items():
+        texts = []
+        for stop, steps, budget, converged in ends:
+            if converged is False:
+                texts.append(f"{NOT_CONVERGED} not converged: used its budget of "
+                             f"{int(budget)} steps without the loss plateauing")
+            elif stop == "plateau":
+                texts.append(f"plateaued at step {int(steps)} (budget {int(budget)})")
+            elif steps is not None:
+                texts.append(f"{int(steps)} steps (fixed)")
+        out[key] = "; ".join(sorted(texts, key=lambda t: not t.startswith(NOT_CONVERGED)))
+    return out
 
 
 def provenance(sources) -> list[str]:
@@ -56,8 +107,54 @@ def provenance(sources) -> list[str]:
     return lines
 
 
+def _matrix_lines(title: str, grid, ends: dict[str, str]) -> list[str]:
+    evals = sorted({e for row in grid.values() for e in row}, key=_sort_key)
+    lines = [f"## {title}", "",
+             "| trained with | " + " | ".join(f"eval {e}" for e in evals) + " | training |",
+             "|---|" + "---|" * (len(evals) + 1)]
+    for train in sorted(grid, key=_sort_key):
+        mark = f" {NOT_CONVERGED}" if ends.get(train, "").startswith(NOT_CONVERGED) else ""
+        lines.append(f"| {train} | " + " | ".join(
+            _cell(grid[train].get(e)) + (mark if e in grid[train] else "") for e in evals)
+            + f" | {ends.get(train, '')} |")
+    return lines + [""]
+
+
+def _over_length_lines(task: str, framework: str, found, ends) -> list[str]:
+    lengths = sorted(length for (t, f, length) in found if (t, f) == (task, framework))
+    if len(lengths) < 2:
+        return []
+    lines = [f"## {task}, {framework}: each cell against length", "",
+             "| trained -> evaluated | " + " | ".join(f"L={n}" for n in lengths)
+             + f" | paper, L={paper.TABLE2_LENGTH} | fastai repro, L={paper.TABLE2_LENGTH} |",
+             "|---|" + "---|" * (len(lengths) + 2)]
+    trains = sorted({t for n in lengths for t in found[task, framework, n]}, key=_sort_key)
+    for train in trains:
+        evals = sorted({e for n in lengths for e in found[task, framework, n].get(train, {})},
+                       key=_sort_key)
+        for evaluated in evals:
+            cells = []
+            for n in lengths:
+                value = found[task, framework, n].get(train, {}).get(evaluated)
+                late = ends.get((task, framework, n, train), "").startswith(NOT_CONVERGED)
+                cells.append(_cell(value) + (f" {NOT_CONVERGED}" if late and value is not None
+                                             else ""))
+            refs = [_reference(table, train, evaluated) for table in
+                    (paper.TABLE2_ACCURACY, paper.TABLE2_REPRO_ACCURACY)]
+            lines.append(f"| {train} -> {evaluated} | " + " | ".join(cells) + " | "
+                         + " | ".join(refs) + " |")
+    return lines + [""]
+
+
+def _reference(table, train: str, evaluated: str) -> str:
+    if train not in table or evaluated not in paper.TABLE2_EVAL:
+        return "-"
+    return _cell(table[train][paper.TABLE2_EVAL.index(evaluated)])
+
+
 def table2_markdown(frame, command: str = "", sources=()) -> str:
-    """Our matrices (one per task and framework) and the paper's, in percent."""
+    """Our matrices (one per task, framework and length), each cell against length where
+    there are several, and the paper's and the reproduction's matrices, in percent."""
     lines = ["# Duplication task: train x eval accuracy (%)", ""]
     runs = provenance(sources)
     if runs:
@@ -65,21 +162,24 @@ def table2_markdown(frame, command: str = "", sources=()) -> str:
     if command:
         lines += ["Summary made by:", "", "```bash", command, "```", ""]
     found = matrices(frame)
+    ends = trainings(frame)
     if not found:
         lines.append("No finished task results in this run.")
-    for (task, framework), grid in sorted(found.items()):
-        evals = sorted({e for row in grid.values() for e in row}, key=_sort_key)
-        lines += [f"## This run: {task}, {framework}", "",
-                  "| trained with | " + " | ".join(f"eval {e}" for e in evals) + " |",
-                  "|---|" + "---|" * len(evals)]
-        for train in sorted(grid, key=_sort_key):
-            lines.append(f"| {train} | " + " | ".join(_cell(grid[train].get(e)) for e in evals)
-                         + " |")
+    if any(e.startswith(NOT_CONVERGED) for e in ends.values()):
+        lines += [f"{NOT_CONVERGED}: the model did not reach the stopping criterion (its loss "
+                  "had not plateaued when its step budget ran out), so its cells may understate "
+                  "what the attention can do.", ""]
+    for task, framework in sorted({(t, f) for t, f, _ in found}):
+        lines += _over_length_lines(task, framework, found, ends)
+    for (task, framework, length), grid in sorted(found.items()):
+        rows = {train: ends.get((task, framework, length, train), "") for train in grid}
+        lines += _matrix_lines(f"This run: {task}, {framework}, L={length}", grid, rows)
+    for title, table in ((paper.TABLE2_SOURCE, paper.TABLE2_ACCURACY),
+                         (paper.TABLE2_REPRO_SOURCE, paper.TABLE2_REPRO_ACCURACY)):
+        lines += [f"## {title}", "",
+                  "| trained with | " + " | ".join(f"eval {e}" for e in paper.TABLE2_EVAL)
+                  + " |", "|---|" + "---|" * len(paper.TABLE2_EVAL)]
+        for train in paper.TABLE2_TRAIN:
+            lines.append(f"| {train} | " + " | ".join(_cell(v) for v in table[train]) + " |")
         lines.append("")
-    lines += [f"## Paper ({paper.TABLE2_SOURCE})", "",
-              "| trained with | " + " | ".join(f"eval {e}" for e in paper.TABLE2_EVAL) + " |",
-              "|---|" + "---|" * len(paper.TABLE2_EVAL)]
-    for train in paper.TABLE2_TRAIN:
-        lines.append(f"| {train} | " + " | ".join(_cell(v) for v in paper.TABLE2_ACCURACY[train])
-                     + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)

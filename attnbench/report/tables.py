@@ -261,12 +261,18 @@ def cases_table(frame) -> Table:
             accuracy = metric(r, "approx_recall")
         unstable = is_unstable(metric(r, "unstable"))
         time = fmt_time(metric(r, "time_median_s"))
+        converged = metric(r, "task_converged")  # False: used its step budget, loss not flat
+        late = not _missing(converged) and not bool(converged)
+        cache = metric(r, "compile_cache")
+        compiled = fmt_time(metric(r, "compile_s")) + (
+            f" ({cache} cache)" if cache in ("hit", "miss", "partial") else "")
         rows.append([r["run_id"], r["label"], r["case_id"], r["status"],
                      time + (" (unstable)" if unstable else ""),
                      fmt_number(metric(r, "time_rel_iqr"), ".1%"), _noise_cell(metric, r),
-                     fmt_time(metric(r, "compile_s")),
+                     compiled,
                      fmt_mb(metric(r, "mem_peak_mb")), fmt_mb(metric(r, "mem_analytic_mb")),
-                     fmt_number(metric(r, "approx_out_rel_err")), fmt_number(accuracy),
+                     fmt_number(metric(r, "approx_out_rel_err")),
+                     fmt_number(accuracy) + (" (not converged)" if late else ""),
                      fmt_number(r.get("wall_s"), ".3g")])
         classes.append("fail" if r["status"] != "ok" else "unstable" if unstable else "")
     return Table("cases", "Every case",
@@ -277,7 +283,10 @@ def cases_table(frame) -> Table:
                                "measured or not recorded). noise: the CPU share other "
                                "processes took while the case was timed; a case is marked "
                                "unstable (its time shown, not to be trusted) when its spread "
-                               "stayed above its target or the machine was busy.",
+                               "stayed above its target or the machine was busy. compile: "
+                               "with whether the compiled code came from the persistent "
+                               "cache; accuracy: 'not converged' when the model used its "
+                               "step budget without its loss plateauing.",
                  empty_note="no results in these runs yet", row_classes=classes)
 
 

@@ -76,7 +76,8 @@ def checkpoint_dir() -> Path | None:
 
 TASK_OPTIONS = {"task": "duplication", "eval_attentions": ["full", "lsh-8", "lsh-4", "lsh-2",
                                                           "lsh-1"],
-                "steps": 1000, "lr": 1e-3, "eval_batches": 4, "log_every": 50}
+                "steps": 1000, "lr": 1e-3, "eval_batches": 4, "log_every": 50,
+                "plateau_steps": 0, "plateau_delta": 0.01, "plateau_below": 0.1}
 
 
 def task_config(case, variant: Variant):
@@ -104,7 +105,9 @@ def task_config(case, variant: Variant):
         train_attention=train_attention, eval_attentions=tuple(opts["eval_attentions"]),
         steps=opts["steps"], batch=case.batch, lr=opts["lr"], seed=case.seed,
         chunk_len=case.chunk_len, n_buckets=case.n_buckets, eval_batches=opts["eval_batches"],
-        log_every=opts["log_every"], reversible=variant.reversible)
+        log_every=opts["log_every"], reversible=variant.reversible,
+        plateau_steps=opts["plateau_steps"], plateau_delta=opts["plateau_delta"],
+        plateau_below=opts["plateau_below"])
 
 
 def measure_task(case, variant: Variant) -> dict:

@@ -72,6 +72,11 @@ class TaskConfig:
     eval_batches: int = 4
     log_every: int = 50
     reversible: bool = False
+    # Stop before ``steps`` once the training loss has plateaued (attnbench.tasks.stopping);
+    # 0: train exactly ``steps``.
+    plateau_steps: int = 0
+    plateau_delta: float = 0.01
+    plateau_below: float = 0.1
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -84,6 +89,16 @@ class TaskConfig:
                      "eval_batches", "log_every"):
             _check_int(name, getattr(self, name), 1)
         _check_int("seed", self.seed, 0)
+        _check_int("plateau_steps", self.plateau_steps, 0)
+        if self.plateau_steps and self.plateau_steps % self.log_every:
+            _fail("plateau_steps", self.plateau_steps,
+                  f"must be a multiple of log_every={self.log_every} (the rule reads the curve)")
+        for name in ("plateau_delta", "plateau_below"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not 0 < value < (1 if name == "plateau_below" else float("inf")):
+                _fail(name, value, "must be a number > 0" + (" and < 1" if name ==
+                                                             "plateau_below" else ""))
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             _fail("lr", self.lr, "must be a number > 0")
         if not isinstance(self.reversible, bool):
@@ -133,6 +148,9 @@ class TaskConfig:
         fields = dataclasses.asdict(self)
         for name in ("eval_attentions", "eval_batches"):
             fields.pop(name)
+        if not self.plateau_steps:  # no rule: the keys of checkpoints made before it exist
+            for name in ("plateau_steps", "plateau_delta", "plateau_below"):
+                fields.pop(name)
         text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from attnbench.tasks.checkpoint import Trained, checkpoint_path, load_trained, save_trained
 from attnbench.tasks.config import TaskConfig
+from attnbench.tasks.stopping import stop_reason
 
 
 def load_or_train(config: TaskConfig, *, framework: str,
@@ -42,7 +43,10 @@ def run_experiment(config: TaskConfig, *, framework: str,
     Returns ``task_accuracy`` (under ``train_attention``), ``task_eval`` and
     ``task_eval_loss`` (eval name -> value), ``task_loss_curve``, ``task_train_wall_s`` (of the
     run that trained the weights, also when they were loaded), ``task_eval_wall_s``,
-    ``task_steps``, ``task_checkpoint`` (path or None) and ``task_from_checkpoint``.
+    ``task_steps`` (trained), ``task_step_budget``, ``task_stop`` (``plateau``, ``budget`` or
+    ``fixed``: :func:`attnbench.tasks.stopping.stop_reason`), ``task_converged`` (True when it
+    plateaued, False when it ran out of budget, None without the rule), ``task_checkpoint``
+    (path or None) and ``task_from_checkpoint``.
     """
     trained, path, loaded = load_or_train(config, framework=framework, train=train,
                                           checkpoint_dir=checkpoint_dir)
@@ -52,6 +56,7 @@ def run_experiment(config: TaskConfig, *, framework: str,
         results[config.train_attention] = evaluate(config, trained.weights,
                                                    config.train_attention)
     eval_wall_s = time.perf_counter() - start
+    stop = stop_reason(trained.loss_curve, config)
     return {
         "task_accuracy": results[config.train_attention]["accuracy"],
         "task_eval": {name: results[name]["accuracy"] for name in config.eval_attentions},
@@ -59,7 +64,10 @@ def run_experiment(config: TaskConfig, *, framework: str,
         "task_loss_curve": trained.loss_curve,
         "task_train_wall_s": trained.wall_s,
         "task_eval_wall_s": eval_wall_s,
-        "task_steps": config.steps,
+        "task_steps": int(trained.loss_curve[-1][0]) if trained.loss_curve else config.steps,
+        "task_step_budget": config.steps,
+        "task_stop": stop,
+        "task_converged": None if stop == "fixed" else stop == "plateau",
         "task_checkpoint": None if path is None else str(path),
         "task_from_checkpoint": loaded,
     }

@@ -22,6 +22,7 @@ from attnbench.tasks.checkpoint import Trained
 from attnbench.tasks.config import TaskConfig
 from attnbench.tasks.data import EVAL_STREAM, TRAIN_STREAM, Batch, make_batch
 from attnbench.tasks.experiment import run_experiment
+from attnbench.tasks.stopping import plateaued, rule
 from attnbench.torch_impl.common import derive_seed
 from attnbench.torch_impl.model import LanguageModel
 
@@ -71,8 +72,10 @@ def _on_device(batch: Batch, device: str):
 
 
 def train(config: TaskConfig, *, device: str = "cpu") -> Trained:
-    """Adam at ``config.lr`` for ``config.steps`` steps of ``config.batch`` sequences under
-    ``config.train_attention``; the loss curve averages the loss over each ``log_every`` steps."""
+    """Adam at ``config.lr`` for at most ``config.steps`` steps of ``config.batch`` sequences
+    under ``config.train_attention``, stopping once the loss has plateaued when
+    ``config.plateau_steps`` asks (:mod:`attnbench.tasks.stopping`); the loss curve averages the
+    loss over each ``log_every`` steps."""
     model = build_model(config, init_weights(config), device=device)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -89,6 +92,8 @@ def train(config: TaskConfig, *, device: str = "cpu") -> Trained:
         if step % config.log_every == 0 or step == config.steps:
             curve.append([step, float(torch.stack(window).mean())])
             window = []
+            if plateaued(curve, **rule(config)):
+                break
     return Trained(weights_of(model), curve, time.perf_counter() - start)
 
 

@@ -1,40 +1,98 @@
-"""The Table-2 Markdown summary: one matrix per task and framework, train attention taken from
-the runner's task_train_attention metric, the paper's matrix beside it."""
+"""The Table-2 summary and figure over length, from a real sweep of tiny task cases: one matrix
+per task, framework and length, each cell against length beside the paper's and the fastai
+reproduction's length-1024 values, models that used their budget marked as not converged."""
 
 from __future__ import annotations
+
+import pytest
 
 from tests.report.conftest import require_report_extra
 
 require_report_extra()
 
+from attnbench.report import figures  # noqa: E402
 from attnbench.report.frame import tidy_frame  # noqa: E402
-from attnbench.report.table2 import table2_markdown  # noqa: E402
+from attnbench.report.table2 import NOT_CONVERGED, table2_markdown  # noqa: E402
+from attnbench.runner.run import run_cases  # noqa: E402
+from attnbench.runner.suite import load_suite  # noqa: E402
 from attnbench.runs import load_sources  # noqa: E402
 from tests.runs import create_run  # noqa: E402
 
+OPTIONS = ('task = "duplication", lr = 3e-3, eval_batches = 2, log_every = 10, '
+           'plateau_steps = 50, plateau_delta = 0.02, eval_attentions = ["full", "lsh-2"]')
+SUITE = f"""
+name = "tiny-table2"
+[defaults]
+mode = "task"
+vocab_size = 8
+d_model = 32
+d_ff = 32
+n_heads = 2
+depth = 1
+batch = 32
+causal = true
+threads = 1
+variant = ["transformer-shared-qk", "lsh-transformer"]
+n_hashes = 2
 
-def task_row(case_id, framework, variant, n_hashes, train, evals):
-    return {"run_id": "r", "case_id": case_id, "status": "ok", "error": None,
-            "started_at": "t", "wall_s": 1.0,
-            "case": {"variant": variant, "framework": framework, "mode": "task", "length": 64,
-                     "n_hashes": n_hashes, "options": {"steps": 10}},
-            "metrics": {"task_eval": evals, "task_accuracy": evals["full"],
-                        "task_train_attention": train, "task_name": "duplication"}}
+[[sweep]]
+framework = ["torch", "jax"]
+length = 16
+chunk_len = 4
+options = {{steps = 600, {OPTIONS}}}
+
+[[sweep]]
+framework = "torch"
+length = 32
+chunk_len = 4
+options = {{steps = 20, {OPTIONS}}}  # too short to learn: used its budget
+"""
 
 
-def test_matrix_per_framework_with_the_paper(tmp_path):
-    store = create_run(tmp_path, "r")
-    store.append(task_row("a", "torch", "transformer-shared-qk", None, "full",
-                          {"full": 1.0, "lsh-1": 0.5}))
-    store.append(task_row("b", "torch", "lsh-transformer", 1, "lsh-1",
-                          {"full": 0.25, "lsh-1": 0.75}))
-    store.append(task_row("c", "jax", "lsh-transformer", 1, "lsh-1",
-                          {"full": 0.125, "lsh-1": 0.875}))
-    text = table2_markdown(tidy_frame(load_sources([str(tmp_path)])), "attnbench report X")
-    torch_part = text.split("## This run: duplication, torch")[1].split("##")[0]
-    jax_part = text.split("## This run: duplication, jax")[1].split("##")[0]
-    assert "| full | 100.0 | 50.0 |" in torch_part
-    assert "| lsh-1 | 25.0 | 75.0 |" in torch_part
-    assert "| lsh-1 | 12.5 | 87.5 |" in jax_part and "| full |" not in jax_part
-    assert "| lsh-4 | 0.8 | 100.0 | 99.9 | 99.4 | 91.9 |" in text  # the paper's row
+@pytest.fixture(scope="module")
+def frame(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("table2")
+    (tmp / "suite.toml").write_text(SUITE)
+    cases = load_suite(tmp / "suite.toml").cases
+    store = create_run(tmp / "run", "r")
+    counts = run_cases(cases, store, "r", progress=False)
+    assert counts == {"ok": 6}, [r["error"] for r in store.rows()]
+    return tidy_frame(load_sources([str(tmp / "run")]))
+
+
+def test_a_matrix_per_task_framework_and_length_with_how_training_ended(frame):
+    text = table2_markdown(frame, "attnbench report X")
     assert "attnbench report X" in text
+    short = text.split("## This run: duplication, torch, L=16")[1].split("##")[0]
+    long = text.split("## This run: duplication, torch, L=32")[1].split("##")[0]
+    assert "## This run: duplication, jax, L=16" in text
+    assert short.count("plateaued at step") == 2 and NOT_CONVERGED not in short
+    assert long.count(f"{NOT_CONVERGED} not converged: used its budget of 20 steps") == 2
+    full_row = next(line for line in long.splitlines() if line.startswith("| full |"))
+    assert full_row.count(NOT_CONVERGED) == 3  # both cells and the training column
+    assert "| lsh-4 | 0.8 | 100.0 | 99.9 | 99.4 | 91.9 |" in text  # the paper's row
+    assert "| lsh-4 | 46.5 | 99.7 | 99.8 | 93.0 | 77.6 |" in text  # the reproduction's
+
+
+def test_each_cell_against_length_beside_the_papers_and_the_reproductions(frame):
+    text = table2_markdown(frame)
+    part = text.split("## duplication, torch: each cell against length")[1].split("##")[0]
+    assert "| trained -> evaluated | L=16 | L=32 | paper, L=1024 | fastai repro, L=1024 |" \
+        in part
+    row = next(line for line in part.splitlines() if line.startswith("| full -> lsh-2 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[-2:] == ["76.9", "3.0"]  # paper, reproduction
+    assert NOT_CONVERGED in cells[2] and NOT_CONVERGED not in cells[1]
+    assert "## duplication, jax: each cell against length" not in text  # one length only
+
+
+def test_the_accuracy_over_length_figure_draws_a_panel_per_training_attention(frame):
+    fig = figures.accuracy_vs_length(frame)
+    titles = sorted(ax.get_title() for ax in fig.axes if ax.get_visible())
+    assert titles == ["trained with full", "trained with lsh-2"]
+    result = figures.render_one("accuracy-vs-length", "t", "c", figures.accuracy_vs_length,
+                                frame)
+    assert result.svg and "not converged" in result.svg
+    one_length = frame[frame["length"] == 16]
+    with pytest.raises(figures.NoData, match="two or more lengths"):
+        figures.accuracy_vs_length(one_length)

@@ -70,14 +70,44 @@ def test_warm_and_cold_find_the_same_statuses(warm_and_cold):
 @pytest.mark.slow
 def test_warm_and_cold_peaks_are_above_their_own_baseline_and_agree(warm_and_cold):
     for name in ("torch lsh", "torch full", "torch model", "jax lsh"):
-        warm, cold = (warm_and_cold[w][name].metrics for w in ("warm", "cold"))
-        for m in (warm, cold):
+        for workers in ("warm", "cold"):
+            m = warm_and_cold[workers][name].metrics
             assert m["mem_method"] == "cpu VmHWM (reset after warm-up)"
             assert m["mem_peak_mb"] > 0 and m["mem_baseline_mb"] > 100  # a framework is loaded
-        # Library pages a warm child faults in again would add 3-5 MB here (measured before
-        # the child mapped the template's resident pages); allocator noise stays below 1 MB.
-        assert abs(warm["mem_peak_mb"] - cold["mem_peak_mb"]) <= 1.5 + 0.05 * cold[
-            "mem_peak_mb"], (name, warm["mem_peak_mb"], cold["mem_peak_mb"])
+    # Where a case's peak repeats from process to process (the LSH layers: 32.3 vs 32.6 MB
+    # and 20.6 vs 20.6 MB measured, warm vs cold), warm and cold agree; the naive layer's does
+    # not repeat even cold (58.9 and 82.8 MB in two cold runs: when autograd frees its 8 MB
+    # score matrices), so it is not compared.
+    for name in ("torch lsh", "jax lsh"):
+        warm, cold = (warm_and_cold[w][name].metrics["mem_peak_mb"] for w in ("warm", "cold"))
+        assert abs(warm - cold) <= 1.5 + 0.05 * cold, (name, warm, cold)
+
+
+def test_a_forked_child_maps_the_templates_resident_pages_again():
+    """Without this, library pages the imports touched count towards a warm case's peak."""
+    code = """
+import os, sys
+import torch
+from attnbench.measure.memory import current_rss_mb
+from attnbench.runner.warm import populate, resident_file_pages
+runs = resident_file_pages()
+parent = current_rss_mb()
+pid = os.fork()
+if pid == 0:
+    before = current_rss_mb()
+    why = populate(runs)
+    print(parent, before, current_rss_mb(), why, flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+                         timeout=120)
+    parent, before, after, why = out.stdout.split()
+    assert why == "None", out.stderr
+    parent, before, after = float(parent), float(before), float(after)
+    assert before < parent - 20, (parent, before)  # fork dropped the file-backed entries
+    assert abs(after - parent) < 10, (parent, after)  # and they are back
 
 
 def test_a_template_that_dies_mid_case_is_an_error_row_and_the_next_case_gets_a_new_one():

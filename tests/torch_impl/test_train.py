@@ -95,3 +95,21 @@ def test_associative_recall_trains_and_evaluates():
     metrics = evaluate(config, trained.weights, "lsh-2")
     assert 0 <= metrics["accuracy"] <= 1 and np.isfinite(metrics["loss"])
     assert len(trained.loss_curve) == 1
+
+
+def test_the_plateau_rule_stops_a_learned_run_before_its_budget_and_says_so():
+    config = TINY.replace(steps=2000, log_every=10, plateau_steps=50, plateau_delta=0.02)
+    result = run_task(config, checkpoint_dir=None)
+    assert result["task_stop"] == "plateau" and result["task_converged"] is True, \
+        result["task_loss_curve"]
+    assert result["task_steps"] < 2000 and result["task_step_budget"] == 2000
+    assert result["task_steps"] == result["task_loss_curve"][-1][0]
+    assert result["task_accuracy"] >= 0.9
+
+
+def test_a_run_that_never_plateaus_used_its_budget_and_is_not_converged():
+    config = TINY.replace(steps=30, log_every=5, plateau_steps=10)  # too short to learn
+    result = run_task(config, checkpoint_dir=None)
+    assert result["task_stop"] == "budget" and result["task_converged"] is False
+    assert result["task_steps"] == 30
+    assert run_task(TINY.replace(steps=30), checkpoint_dir=None)["task_stop"] == "fixed"
