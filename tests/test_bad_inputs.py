@@ -195,6 +195,19 @@ def test_a_malformed_command_line_value_is_a_usage_error(tmp_path, capsys, optio
     assert not (tmp_path / "out").exists()
 
 
+def test_a_compile_cache_that_cannot_be_a_directory_is_refused(tmp_path, capsys):
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    for cache in (taken, taken / "below"):
+        assert main(["run", "smoke", "--out", str(tmp_path / "out"), "--compile-cache",
+                     str(cache)]) == 2
+        err = capsys.readouterr().err
+        assert f"--compile-cache {cache}: cannot be a directory" in err, err
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):  # one or the other
+        main(["run", "smoke", "--compile-cache", str(tmp_path), "--no-compile-cache"])
+
+
 def _meta(run: Path) -> dict:
     return json.loads((run / "meta.json").read_text())
 

@@ -125,8 +125,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only the cases measured on this host (a row's node_host; "
                              "repeatable): a cluster's nodes differ")
     parser.add_argument("--table2-markdown", metavar="FILE",
-                        help="also write the task runs' train x eval matrix beside the paper's "
-                             "Table 2 as Markdown")
+                        help="also write the task runs' train x eval matrices beside the "
+                             "paper's Table 2 as Markdown (and, with two or more lengths, the "
+                             "accuracy-vs-length figure as FILE with .svg)")
+
+
+def _accuracy_over_length_svg(frame, path: Path) -> Path | None:
+    """The accuracy-vs-length figure beside the Table-2 Markdown, when there are two or more
+    lengths to draw."""
+    from attnbench.report import figures
+
+    try:
+        fig = figures.accuracy_vs_length(frame)
+    except figures.NoData:
+        return None
+    path.write_text(figures.to_svg(fig))
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,7 +179,10 @@ def run(args: argparse.Namespace) -> int:
         if args.no_attention_pattern:
             parts.append("--no-attention-pattern")
         parts += ["--table2-markdown", args.table2_markdown]
-        text = table2_markdown(tidy_frame(sources), shlex.join(parts), sources)
-        Path(args.table2_markdown).write_text(text)
-        print(f"wrote {args.table2_markdown}")
+        frame = tidy_frame(sources)
+        markdown = Path(args.table2_markdown)
+        figure = _accuracy_over_length_svg(frame, markdown.with_suffix(".svg"))
+        markdown.write_text(table2_markdown(frame, shlex.join(parts), sources,
+                                            figure=figure and figure.name))
+        print(f"wrote {markdown}" + (f" and {figure}" if figure else ""))
     return 0

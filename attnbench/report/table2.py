@@ -152,9 +152,10 @@ def _reference(table, train: str, evaluated: str) -> str:
     return _cell(table[train][paper.TABLE2_EVAL.index(evaluated)])
 
 
-def table2_markdown(frame, command: str = "", sources=()) -> str:
+def table2_markdown(frame, command: str = "", sources=(), figure: str | None = None) -> str:
     """Our matrices (one per task, framework and length), each cell against length where
-    there are several, and the paper's and the reproduction's matrices, in percent."""
+    there are several (with ``figure``, the accuracy-vs-length SVG beside the file, linked),
+    and the paper's and the reproduction's matrices, in percent."""
     lines = ["# Duplication task: train x eval accuracy (%)", ""]
     runs = provenance(sources)
     if runs:
@@ -169,6 +170,10 @@ def table2_markdown(frame, command: str = "", sources=()) -> str:
         lines += [f"{NOT_CONVERGED}: the model did not reach the stopping criterion (its loss "
                   "had not plateaued when its step budget ran out), so its cells may understate "
                   "what the attention can do.", ""]
+    if figure:
+        lines += [f"![Accuracy against length per train x eval cell; stars: the paper, rings: "
+                  f"the fastai reproduction, both at length {paper.TABLE2_LENGTH}]({figure})",
+                  ""]
     for task, framework in sorted({(t, f) for t, f, _ in found}):
         lines += _over_length_lines(task, framework, found, ends)
     for (task, framework, length), grid in sorted(found.items()):

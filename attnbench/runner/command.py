@@ -157,6 +157,15 @@ def run(args: argparse.Namespace) -> int:
         print("attnbench run: error: the filters select no case (try --dry-run)",
               file=sys.stderr)
         return 2
+    cache = _compile_cache(args)
+    try:  # before anything starts: a cache that cannot exist would fail every JAX case
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"attnbench run: error: --compile-cache {cache}: cannot be a directory "
+              f"({exc.strerror or exc}); name another or use --no-compile-cache",
+              file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else Path("reports/runs") / (
         suite.name + (f"-{args.device.replace(':', '')}" if args.device else ""))
     store = RunStore(out)

@@ -1,14 +1,16 @@
-"""The runner: every case in a fresh worker process; every outcome a row in the store.
+"""The runner: every case in its own worker process; every outcome a row in the store.
 
-For each case not already in the run (resume), the runner starts
-``python -m attnbench.runner.worker`` with the case on stdin and its stdout and stderr going
-to files, then waits, polling: past ``timeout_s`` the worker's process group is killed and
-the row says ``timeout``; past ``memory_limit_mb`` of resident memory it is killed and the row
-says ``oom``. A worker killed by a signal (the kernel's OOM killer sends SIGKILL) is an
-``oom`` row only when the kernel's OOM-kill counters moved (:mod:`attnbench.measure.oom`), else
-an ``error`` row with the signal named. Once a case runs out of memory, the longer
-cases of the same series (same everything but length and batch) are recorded as ``skipped``
-instead of being attempted.
+For each case not already in the run (resume), the runner starts a worker through a launcher:
+warm (the default), a child forked from a template process that has already imported the
+case's framework (:mod:`attnbench.runner.warm`), or cold (``--cold``), a fresh
+``python -m attnbench.runner.worker``; either way the case goes in as JSON, stdout and stderr
+go to files, and the runner waits, polling: past ``timeout_s`` the worker's process group is
+killed and the row says ``timeout``; past ``memory_limit_mb`` of resident memory it is killed
+and the row says ``oom``. A worker killed by a signal (the kernel's OOM killer sends SIGKILL)
+is an ``oom`` row only when the kernel's OOM-kill counters moved
+(:mod:`attnbench.measure.oom`), else an ``error`` row with the signal named. Once a case runs
+out of memory, the longer cases of the same series (same everything but length and batch) are
+recorded as ``skipped`` instead of being attempted.
 
 Each row is appended and fsynced the moment its case ends, so a run killed at any point
 loses at most the case in flight, which runs again when the same command is repeated.

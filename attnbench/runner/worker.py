@@ -9,8 +9,9 @@ status (``oom`` for CUDA, XLA and CPU allocator out-of-memory errors, ``error`` 
 failures it cannot see (killed by the kernel, a hang) are the runner's to record.
 
 Only the framework the case names is imported (a JAX case never imports torch, and vice
-versa). On the CPU the thread count is fixed before the framework is imported: torch by
-``set_num_threads``, JAX (which sizes its pool from the CPUs it may use) by restricting this
+versa). On the CPU the thread count is fixed before the framework starts any thread (a warm
+child's template imported it but started none): torch by ``set_num_threads``, JAX (which
+sizes its pool from the CPUs it may use when its backend starts) by restricting this
 process's CPU affinity.
 """
 

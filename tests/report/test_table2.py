@@ -4,6 +4,9 @@ reproduction's length-1024 values, models that used their budget marked as not c
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tests.report.conftest import require_report_extra
@@ -50,14 +53,19 @@ options = {{steps = 20, {OPTIONS}}}  # too short to learn: used its budget
 
 
 @pytest.fixture(scope="module")
-def frame(tmp_path_factory):
+def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("table2")
     (tmp / "suite.toml").write_text(SUITE)
     cases = load_suite(tmp / "suite.toml").cases
     store = create_run(tmp / "run", "r")
     counts = run_cases(cases, store, "r", progress=False)
     assert counts == {"ok": 6}, [r["error"] for r in store.rows()]
-    return tidy_frame(load_sources([str(tmp / "run")]))
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def frame(run):
+    return tidy_frame(load_sources([str(run)]))
 
 
 def test_a_matrix_per_task_framework_and_length_with_how_training_ended(frame):
@@ -96,3 +104,15 @@ def test_the_accuracy_over_length_figure_draws_a_panel_per_training_attention(fr
     one_length = frame[frame["length"] == 16]
     with pytest.raises(figures.NoData, match="two or more lengths"):
         figures.accuracy_vs_length(one_length)
+
+
+def test_the_report_command_writes_the_summary_and_its_figure(run, tmp_path):
+    summary = tmp_path / "table2.md"
+    done = subprocess.run([sys.executable, "-m", "attnbench.cli", "report", str(run), "-o",
+                           str(tmp_path / "report"), "--no-attention-pattern",
+                           "--table2-markdown", str(summary)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    text = summary.read_text()
+    assert "](table2.svg)" in text and (tmp_path / "table2.svg").read_text().startswith("<svg")
+    assert f"attnbench report {run} -o {tmp_path / 'report'}" in text  # the command, to rerun
