@@ -36,6 +36,7 @@ from attnbench.measure.environment import node_facts
 from attnbench.measure.oom import oom_killed_between, oom_kills
 from attnbench.runner import compile_cache as compile_cache_env
 from attnbench.runner.case import Case
+from attnbench.runner.warm import TemplateError, Templates, kill_group
 from attnbench.store import RunStore
 
 POLL_S = 0.02
@@ -90,10 +91,7 @@ class _ColdChild:
             return None
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(self.proc.pid)
         self.proc.wait()
 
 
@@ -142,8 +140,6 @@ class WarmLauncher(ColdLauncher):
     kind = "warm"
 
     def __init__(self, python: str = sys.executable, compile_cache: Path | None = None) -> None:
-        from attnbench.runner.warm import Templates
-
         super().__init__(python, compile_cache)
         self.scratch = Path(tempfile.mkdtemp(prefix="attnbench-templates-"))
         self.templates = Templates(python, self.scratch)
@@ -213,8 +209,6 @@ def run_case(case: Case, *, run_dir: Path | None = None, python: str = sys.execu
 
 
 def _run_worker(case: Case, *, run_dir: Path | None, launcher) -> Outcome:
-    from attnbench.runner.warm import TemplateError
-
     oom_before = oom_kills()
     with tempfile.TemporaryDirectory(prefix="attnbench-case-") as scratch:
         out, err = Path(scratch) / "stdout", Path(scratch) / "stderr"

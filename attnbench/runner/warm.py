@@ -191,6 +191,14 @@ def serve(framework: str) -> int:
 
 # -- the runner's side -------------------------------------------------------------------------
 
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group led by ``pid`` (a worker or a template and what it started)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 class _Lines:
     """JSON lines from a pipe, read with a timeout (``select``)."""
 
@@ -264,10 +272,7 @@ class Template:
         return WarmChild(self, reply["pid"])
 
     def close(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(self.proc.pid)
         self.proc.wait()
         for pipe in (self.proc.stdin, self.proc.stdout):
             try:
@@ -295,10 +300,7 @@ class WarmChild:
         return self.returncode
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(self.pid)
         try:
             if self.wait(EXIT_TIMEOUT_S) is None:
                 self.template.close()  # it cannot report the child: start afresh next case
