@@ -27,7 +27,7 @@ def golden_rows():
 def test_every_case_appears_in_the_page(golden_report):
     page = golden_report.read_text()
     rows = golden_rows()
-    assert len(rows) == 92  # 74 torch + 10 jax (a line cut off by a kill is dropped) + 2 + 6
+    assert len(rows) == 96  # 78 torch + 10 jax (a line cut off by a kill is dropped) + 2 + 6
     for _, row in rows:
         assert row["case_id"] in page, row["case"]
 
