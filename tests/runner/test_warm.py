@@ -166,3 +166,14 @@ def test_torch_without_a_triton_kernel_records_no_compile_cache(tmp_path):
     with launcher("warm", compile_cache=tmp_path / "cache") as made:
         out = run_case(lsh(length=128), launcher=made)
     assert out.status == "ok" and "compile_cache" not in out.metrics
+
+
+@pytest.mark.parametrize("workers", ["warm", "cold"])
+def test_a_torch_accuracy_case_runs_on_the_threads_it_was_pinned_to(workers):
+    """A warm child's torch was imported with every CPU allowed; pinned to one, it must not
+    keep two OpenMP threads (a small training step ran 120x slower that way)."""
+    case = lsh(mode="approx", length=128, options={"n_seeds": 1}, min_repeats=1)
+    with launcher(workers) as made:
+        out = run_case(case, launcher=made)
+    assert out.status == "ok", out.error
+    assert out.metrics["threads_used"] == 1  # torch's own count, read after the case
