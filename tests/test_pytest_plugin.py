@@ -71,16 +71,25 @@ def test_build_case_rejects_bad_settings(settings, named):
         build_case(**settings)
 
 
-def test_benchmark_json_carries_memory_work_case_compile_and_accuracy(pytester, tmp_path):
+def test_benchmark_json_carries_memory_work_case_compile_and_accuracy(pytester, tmp_path,
+                                                                     monkeypatch):
     torch = pytest.importorskip("torch")
     pytest.importorskip("jax")
-    threads = torch.get_num_threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # not the cases' 1, whatever OMP_NUM_THREADS this process got
     _inner_project(pytester, INNER_BENCHMARKS)
     out = tmp_path / "bench.json"
-    result = pytester.runpytest("--benchmark-only", f"--benchmark-json={out}",
-                                "-p", "no:cacheprovider")
+    try:
+        # The inner run is not an xdist worker, even when this one is: pytest-benchmark would
+        # turn itself off there (it reads PYTEST_XDIST_WORKER).
+        monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+        result = pytester.runpytest("--benchmark-only", f"--benchmark-json={out}",
+                                    "-p", "no:cacheprovider", "-p", "no:xdist")
+        threads_after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
     result.assert_outcomes(passed=2)
-    assert torch.get_num_threads() == threads  # the case's threads=1 did not outlive its test
+    assert threads_after == 2  # the case's threads=1 did not outlive its test
     benchmarks = {b["name"]: b for b in json.loads(out.read_text())["benchmarks"]}
     assert sorted(benchmarks) == ["test_jax_full_from_case", "test_torch_lsh_from_settings"]
 

@@ -165,6 +165,7 @@ def _noise_case() -> Case:
                 timeout_s=300)
 
 
+@pytest.mark.quiet
 def test_a_case_timed_under_a_competing_load_is_marked_unstable_and_idle_it_is_not():
     """The assertion is on the mark (and what it records), never on a time."""
     noise = _noise_case()
