@@ -326,46 +326,38 @@ def _pareto_front(points, cost, value):
 # --------------------------------------------------------------------------------------------
 
 
-def _task_rows(frame):
-    if "task_eval" not in frame.columns:
-        return frame.iloc[:0]
-    rows = frame[(frame["mode"] == "task") & (frame["status"] == "ok")]
-    return rows[rows["task_eval"].map(lambda v: isinstance(v, dict) and bool(v))]
-
-
 def accuracy_matrix(frame):
+    """A heatmap per (suite, task, framework, length) setup, at most ``MAX_PANELS - 1`` of
+    them (the Table-2 summary has every one), and the paper's matrix."""
     import pandas as pd
 
+    from attnbench.report.table2 import setup_of, setup_title, task_cells
+
     sns = _seaborn()
-    rows = _task_rows(frame)
-    if not len(rows):
-        raise NoData("no synthetic-task results (mode task with task_eval)")
-    records = []
-    for _, row in rows.iterrows():
-        train = row.get("train_attention") or row.get("variant")
-        for evaluated, accuracy in row["task_eval"].items():
-            if isinstance(accuracy, int | float):
-                panel = f"{row.get('task') or 'task'}, {row.get('framework')}"
-                records.append({"task": panel, "train": str(train),
-                                "eval": str(evaluated), "accuracy": float(accuracy)})
-    if not records:
-        raise NoData("task results carry no numeric task_eval accuracies")
-    ours = pd.DataFrame.from_records(records)
-    tasks = _panels(ours, "task", limit=3)
+    cells = task_cells(frame)
+    if not cells:
+        raise NoData("no synthetic-task results (mode task with a numeric task_eval)")
+    ours = pd.DataFrame.from_records(cells)
+    several = ours["suite"].nunique() > 1
+    ours["setup"] = [setup_title(setup_of(c), several) for c in cells]
+    setups = _panels(ours, "setup", limit=MAX_PANELS - 1)
     paper_grid = pd.DataFrame([paper.TABLE2_ACCURACY[t] for t in paper.TABLE2_TRAIN],
                               index=list(paper.TABLE2_TRAIN), columns=list(paper.TABLE2_EVAL))
-    fig, axes = _subplots(len(tasks) + 1, width=4.8, height=3.4)
+    fig, axes = _subplots(len(setups) + 1, width=4.8, height=3.4)
     order = {name: i for i, name in enumerate(paper.TABLE2_EVAL)}
-    for ax, task in zip(axes, tasks, strict=False):
-        grid = ours[ours["task"] == task].pivot_table(index="train", columns="eval",
-                                                      values="accuracy", aggfunc="mean")
+    for ax, setup in zip(axes, setups, strict=False):
+        grid = ours[ours["setup"] == setup].pivot_table(index="train", columns="eval",
+                                                        values="accuracy", aggfunc="mean")
         grid = grid.reindex(index=sorted(grid.index, key=lambda n: order.get(n, 99)),
                             columns=sorted(grid.columns, key=lambda n: order.get(n, 99)))
         sns.heatmap(grid * 100, annot=True, fmt=".1f", vmin=0, vmax=100, cmap="viridis",
                     ax=ax, cbar_kws={"label": "accuracy (%)"}, annot_kws={"fontsize": 7})
-        ax.set_title(f"this run: {task} (mean over seeds)")
+        ax.set_title(f"ours: {setup} (mean over seeds)", fontsize=9)
         ax.set_xlabel("evaluated with")
         ax.set_ylabel("trained with")
+    if ours["setup"].nunique() > len(setups):
+        fig.suptitle(f"the first {len(setups)} of {ours['setup'].nunique()} setups; the "
+                     "Table-2 summary (--table2-markdown) has every one")
     ax = axes[-1]
     sns.heatmap(paper_grid * 100, annot=True, fmt=".1f", vmin=0, vmax=100, cmap="viridis",
                 ax=ax, cbar_kws={"label": "accuracy (%)"}, annot_kws={"fontsize": 7})
@@ -378,17 +370,24 @@ def accuracy_matrix(frame):
 
 def accuracy_vs_length(frame):
     """Accuracy against length, a panel per training attention and a line per evaluation
-    attention (style: framework); the paper's and the fastai reproduction's length-1024
-    values as marked points; models that used their budget without plateauing crossed."""
+    attention (style: framework, with the suite and task where there are several); only
+    series (suite, task, framework) run at two or more lengths; the paper's and the fastai
+    reproduction's length-1024 values as marked points; models that used their budget
+    without plateauing crossed."""
     import pandas as pd
 
     from attnbench.report.table2 import task_cells
 
     sns = _seaborn()
     cells = pd.DataFrame.from_records(task_cells(frame))
-    if not len(cells) or cells["length"].nunique() < 2:
+    series = ["suite", "task", "framework"]
+    if len(cells):
+        cells = cells[cells.groupby(series)["length"].transform("nunique") >= 2]
+    if not len(cells):
         raise NoData("no synthetic-task results at two or more lengths")
-    cells = cells.groupby(["framework", "length", "train", "eval"], as_index=False).agg(
+    named = [c for c in ("suite", "task") if cells[c].nunique() > 1] + ["framework"]
+    cells = cells.assign(series=cells[named].astype(str).agg(", ".join, axis=1))
+    cells = cells.groupby(["series", "length", "train", "eval"], as_index=False).agg(
         accuracy=("accuracy", "mean"), converged=("converged", lambda v: False not in set(v)))
     cells["accuracy"] *= 100
     order = {name: i for i, name in enumerate(paper.TABLE2_EVAL)}
@@ -397,7 +396,7 @@ def accuracy_vs_length(frame):
     fig, axes = _subplots(len(trains), width=4.8, height=3.4)
     for ax, train in zip(axes, trains, strict=True):
         part = cells[cells["train"] == train]
-        sns.lineplot(data=part, x="length", y="accuracy", hue="eval", style="framework",
+        sns.lineplot(data=part, x="length", y="accuracy", hue="eval", style="series",
                      markers=True, dashes=True, palette=palette, errorbar=None, ax=ax)
         late = part[~part["converged"]]
         if len(late):

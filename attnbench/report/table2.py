@@ -2,9 +2,10 @@
 
 ``attnbench report RUN --table2-markdown FILE`` writes it; the checked-in summaries
 (``reports/paper-table2-cpu.md``, ``reports/paper-table2-length.md``) are made this way. One
-matrix per task, framework and length; a row whose model used its whole step budget without
-its loss plateauing (``task_converged`` false) is marked as not converged. Where a task and
-framework ran at two or more lengths, a table of each cell against length follows, with the
+matrix per suite, task, framework and length (two suites never share a matrix: their models
+differ in more than length); a row whose model used its whole step budget without its loss
+plateauing (``task_converged`` false) is marked as not converged. Where a suite ran a task and
+framework at two or more lengths, a table of each cell against length follows, with the
 paper's and the fastai reproduction's length-1024 values beside it.
 """
 
@@ -33,7 +34,7 @@ def _number(value):
 
 
 def task_cells(frame) -> list[dict]:
-    """One record per ok task row and evaluation: task, framework, length, train, eval,
+    """One record per ok task row and evaluation: suite, task, framework, length, train, eval,
     accuracy, and how the training ended (stop, steps, budget, converged)."""
     if "task_eval" not in frame.columns:
         return []
@@ -43,35 +44,48 @@ def task_cells(frame) -> list[dict]:
         if not isinstance(row["task_eval"], dict):
             continue
         converged = _number(row.get("task_converged"))
-        common = {"task": str(row.get("task") or "task"), "framework": str(row.get("framework")),
-                  "length": int(row["length"]),
+        common = {"suite": str(row.get("suite") or ""), "task": str(row.get("task") or "task"),
+                  "framework": str(row.get("framework")), "length": int(row["length"]),
                   "train": str(row.get("train_attention") or row.get("variant")),
                   "stop": _number(row.get("task_stop")), "steps": _number(row.get("task_steps")),
                   "budget": _number(row.get("task_step_budget")),
                   "converged": None if converged is None else bool(converged)}
         for evaluated, accuracy in row["task_eval"].items():
-            records.append({**common, "eval": str(evaluated), "accuracy": float(accuracy)})
+            if isinstance(accuracy, int | float):  # a NaN accuracy was stored as null
+                records.append({**common, "eval": str(evaluated), "accuracy": float(accuracy)})
     return records
 
 
-def matrices(frame) -> dict[tuple[str, str, int], dict[str, dict[str, float]]]:
-    """{(task, framework, length): {trained with: {evaluated with: accuracy}}} (the mean
-    where several seeds ran)."""
+Setup = tuple[str, str, str, int]  # suite, task, framework, length
+
+
+def setup_of(cell: dict) -> Setup:
+    return cell["suite"], cell["task"], cell["framework"], cell["length"]
+
+
+def setup_title(setup: Setup, several_suites: bool) -> str:
+    suite, task, framework, length = setup
+    return f"{suite + ': ' if several_suites else ''}{task}, {framework}, L={length}"
+
+
+def matrices(frame) -> dict[Setup, dict[str, dict[str, float]]]:
+    """{(suite, task, framework, length): {trained with: {evaluated with: accuracy}}} (the
+    mean where several seeds ran)."""
     sums: dict = {}
     for c in task_cells(frame):
-        cell = sums.setdefault((c["task"], c["framework"], c["length"]), {}).setdefault(
+        cell = sums.setdefault(setup_of(c), {}).setdefault(
             c["train"], {}).setdefault(c["eval"], [])
         cell.append(c["accuracy"])
     return {k: {t: {e: sum(v) / len(v) for e, v in evals.items()} for t, evals in grid.items()}
             for k, grid in sums.items()}
 
 
-def trainings(frame) -> dict[tuple[str, str, int, str], str]:
+def trainings(frame) -> dict[tuple[str, str, str, int, str], str]:
     """How each model's training ended, as text; ``NOT_CONVERGED`` leads when a model (any
     seed) used its whole budget without plateauing."""
     seen: dict = {}
     for c in task_cells(frame):
-        seen.setdefault((c["task"], c["framework"], c["length"], c["train"]), {})[
+        seen.setdefault((*setup_of(c), c["train"]), {})[
             (c["stop"], c["steps"], c["budget"], c["converged"])] = None
     out = {}
     for key, ends in seen.items():
@@ -120,23 +134,26 @@ def _matrix_lines(title: str, grid, ends: dict[str, str]) -> list[str]:
     return lines + [""]
 
 
-def _over_length_lines(task: str, framework: str, found, ends) -> list[str]:
-    lengths = sorted(length for (t, f, length) in found if (t, f) == (task, framework))
+def _over_length_lines(series: tuple[str, str, str], found, ends, several_suites: bool
+                       ) -> list[str]:
+    suite, task, framework = series
+    lengths = sorted(setup[3] for setup in found if setup[:3] == series)
     if len(lengths) < 2:
         return []
-    lines = [f"## {task}, {framework}: each cell against length", "",
+    lines = [f"## {suite + ': ' if several_suites else ''}{task}, {framework}: each cell "
+             "against length", "",
              "| trained -> evaluated | " + " | ".join(f"L={n}" for n in lengths)
              + f" | paper, L={paper.TABLE2_LENGTH} | fastai repro, L={paper.TABLE2_LENGTH} |",
              "|---|" + "---|" * (len(lengths) + 2)]
-    trains = sorted({t for n in lengths for t in found[task, framework, n]}, key=_sort_key)
+    trains = sorted({t for n in lengths for t in found[(*series, n)]}, key=_sort_key)
     for train in trains:
-        evals = sorted({e for n in lengths for e in found[task, framework, n].get(train, {})},
+        evals = sorted({e for n in lengths for e in found[(*series, n)].get(train, {})},
                        key=_sort_key)
         for evaluated in evals:
             cells = []
             for n in lengths:
-                value = found[task, framework, n].get(train, {}).get(evaluated)
-                late = ends.get((task, framework, n, train), "").startswith(NOT_CONVERGED)
+                value = found[(*series, n)].get(train, {}).get(evaluated)
+                late = ends.get((*series, n, train), "").startswith(NOT_CONVERGED)
                 cells.append(_cell(value) + (f" {NOT_CONVERGED}" if late and value is not None
                                              else ""))
             refs = [_reference(table, train, evaluated) for table in
@@ -153,7 +170,7 @@ def _reference(table, train: str, evaluated: str) -> str:
 
 
 def table2_markdown(frame, command: str = "", sources=(), figure: str | None = None) -> str:
-    """Our matrices (one per task, framework and length), each cell against length where
+    """Our matrices (one per suite, task, framework and length), each cell against length where
     there are several (with ``figure``, the accuracy-vs-length SVG beside the file, linked),
     and the paper's and the reproduction's matrices, in percent."""
     lines = ["# Duplication task: train x eval accuracy (%)", ""]
@@ -174,11 +191,13 @@ def table2_markdown(frame, command: str = "", sources=(), figure: str | None = N
         lines += [f"![Accuracy against length per train x eval cell; stars: the paper, rings: "
                   f"the fastai reproduction, both at length {paper.TABLE2_LENGTH}]({figure})",
                   ""]
-    for task, framework in sorted({(t, f) for t, f, _ in found}):
-        lines += _over_length_lines(task, framework, found, ends)
-    for (task, framework, length), grid in sorted(found.items()):
-        rows = {train: ends.get((task, framework, length, train), "") for train in grid}
-        lines += _matrix_lines(f"This run: {task}, {framework}, L={length}", grid, rows)
+    several = len({setup[0] for setup in found}) > 1
+    for series in sorted({setup[:3] for setup in found}):
+        lines += _over_length_lines(series, found, ends, several)
+    for setup, grid in sorted(found.items()):
+        rows = {train: ends.get((*setup, train), "") for train in grid}
+        title = setup_title(setup, several)
+        lines += _matrix_lines(title if several else f"This run: {title}", grid, rows)
     for title, table in ((paper.TABLE2_SOURCE, paper.TABLE2_ACCURACY),
                          (paper.TABLE2_REPRO_SOURCE, paper.TABLE2_REPRO_ACCURACY)):
         lines += [f"## {title}", "",

@@ -52,20 +52,51 @@ options = {{steps = 20, {OPTIONS}}}  # too short to learn: used its budget
 """
 
 
+OTHER_SUITE = f"""
+name = "tiny-other"
+[defaults]
+mode = "task"
+framework = "torch"
+length = 16
+chunk_len = 4
+vocab_size = 6
+d_model = 16
+d_ff = 16
+n_heads = 2
+depth = 1
+batch = 16
+causal = true
+threads = 1
+
+[[sweep]]
+variant = "transformer-shared-qk"
+options = {{steps = 20, {OPTIONS}}}
+"""
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("table2")
-    (tmp / "suite.toml").write_text(SUITE)
-    cases = load_suite(tmp / "suite.toml").cases
-    store = create_run(tmp / "run", "r")
-    counts = run_cases(cases, store, "r", progress=False)
-    assert counts == {"ok": 6}, [r["error"] for r in store.rows()]
-    return tmp / "run"
+    return _real_run(tmp_path_factory.mktemp("table2"), SUITE, 6)
 
 
 @pytest.fixture(scope="module")
 def frame(run):
     return tidy_frame(load_sources([str(run)]))
+
+
+@pytest.fixture(scope="module")
+def two_suites(run, tmp_path_factory):
+    """The run above and one of another suite at one of its lengths: a smaller model."""
+    other = _real_run(tmp_path_factory.mktemp("other"), OTHER_SUITE, 1)
+    return tidy_frame(load_sources([str(run), str(other)]))
+
+
+def _real_run(tmp, suite: str, cases: int):
+    (tmp / "suite.toml").write_text(suite)
+    store = create_run(tmp / "run", "r")
+    counts = run_cases(load_suite(tmp / "suite.toml").cases, store, "r", progress=False)
+    assert counts == {"ok": cases}, [r["error"] for r in store.rows()]
+    return tmp / "run"
 
 
 def test_a_matrix_per_task_framework_and_length_with_how_training_ended(frame):
@@ -116,3 +147,19 @@ def test_the_report_command_writes_the_summary_and_its_figure(run, tmp_path):
     text = summary.read_text()
     assert "](table2.svg)" in text and (tmp_path / "table2.svg").read_text().startswith("<svg")
     assert f"attnbench report {run} -o {tmp_path / 'report'}" in text  # the command, to rerun
+
+
+def test_two_suites_at_one_length_never_share_a_matrix(two_suites):
+    text = table2_markdown(two_suites)
+    ours = text.split("## tiny-table2: duplication, torch, L=16")[1].split("##")[0]
+    other = text.split("## tiny-other: duplication, torch, L=16")[1].split("##")[0]
+    assert "| lsh-2 |" in ours and "| lsh-2 |" not in other  # the other trained full only
+    assert "plateaued" in ours and f"{NOT_CONVERGED} not converged" in other
+    assert "## tiny-table2: duplication, torch: each cell against length" in text
+    assert "tiny-other: duplication, torch: each cell" not in text  # one length only
+    titles = [ax.get_title() for ax in figures.accuracy_matrix(two_suites).axes]
+    assert "ours: tiny-other: duplication, torch, L=16 (mean over seeds)" in titles
+    assert "ours: tiny-table2: duplication, torch, L=16 (mean over seeds)" in titles
+    legend = [t.get_text() for ax in figures.accuracy_vs_length(two_suites).axes
+              if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert "torch" in legend and not any("tiny-other" in t for t in legend)
