@@ -424,6 +424,8 @@ def accuracy_vs_length(frame):
 
 
 def training_curves(frame):
+    """A panel per (suite, task, length), the first ``MAX_PANELS``: a line per training
+    attention (style: framework), so curves of different lengths or suites never merge."""
     import pandas as pd
 
     sns = _seaborn()
@@ -431,22 +433,32 @@ def training_curves(frame):
         raise NoData("no training curves (task_loss_curve)")
     records = []
     rows = frame[frame["task_loss_curve"].map(lambda v: isinstance(v, list) and bool(v))]
+    several = rows["suite"].nunique() > 1 if "suite" in rows.columns else False
     for _, row in rows.iterrows():
-        name = f"{row.get('task') or 'task'}: train={row.get('train_attention') or row['variant']}"
+        setup = (f"{str(row.get('suite')) + ': ' if several else ''}"
+                 f"{row.get('task') or 'task'}, L={int(row['length'])}")
         for point in row["task_loss_curve"]:
             if isinstance(point, list | tuple) and len(point) == 2:
-                records.append({"run": name, "setup": row["framework"], "step": point[0],
+                records.append({"setup": setup, "length": int(row["length"]),
+                                "trained with": str(row.get("train_attention")
+                                                    or row["variant"]),
+                                "framework": row["framework"], "step": point[0],
                                 "loss": point[1]})
     if not records:
         raise NoData("no training curves (task_loss_curve)")
-    curves = pd.DataFrame.from_records(records)
-    fig, [ax] = _subplots(1, width=7.0, height=4.0)
-    sns.lineplot(data=curves, x="step", y="loss", hue="run", style="setup", errorbar=None,
-                 ax=ax)
-    ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("training loss (nats per token)")
-    _legend_outside(ax)
+    curves = pd.DataFrame.from_records(records).sort_values(["setup", "length"], kind="stable")
+    setups = _panels(curves, "setup")
+    fig, axes = _subplots(len(setups), width=5.6, height=3.6)
+    for ax, setup in zip(axes, setups, strict=True):
+        sns.lineplot(data=curves[curves["setup"] == setup], x="step", y="loss",
+                     hue="trained with", style="framework", errorbar=None, ax=ax)
+        ax.set_yscale("log")
+        ax.set_title(setup)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("training loss (nats per token)")
+        _legend_outside(ax)
+    if curves["setup"].nunique() > len(setups):
+        fig.suptitle(f"the first {len(setups)} of {curves['setup'].nunique()} setups")
     fig.tight_layout()
     return fig
 

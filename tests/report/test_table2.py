@@ -163,3 +163,12 @@ def test_two_suites_at_one_length_never_share_a_matrix(two_suites):
     legend = [t.get_text() for ax in figures.accuracy_vs_length(two_suites).axes
               if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert "torch" in legend and not any("tiny-other" in t for t in legend)
+
+
+def test_training_curves_get_a_panel_per_suite_and_length(frame, two_suites):
+    titles = [ax.get_title() for ax in figures.training_curves(frame).axes if ax.get_visible()]
+    assert titles == ["duplication, L=16", "duplication, L=32"]
+    titles = [ax.get_title() for ax in figures.training_curves(two_suites).axes
+              if ax.get_visible()]
+    assert sorted(titles) == ["tiny-other: duplication, L=16", "tiny-table2: duplication, L=16",
+                              "tiny-table2: duplication, L=32"]
