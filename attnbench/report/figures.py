@@ -555,16 +555,19 @@ FIGURES = (
      "Attention-mass recall of each LSH configuration against its time at the same length; "
      "exact attention sits at recall 1."),
     ("accuracy-matrix", "Train x eval accuracy on the synthetic task", accuracy_matrix,
-     "Rows: attention used in training; columns: attention used in evaluation. The paper's "
-     "Table 2 is drawn beside ours (its task is length 1024 and 150K steps; ours may be "
-     "smaller, so compare the pattern, not the numbers)."),
+     "Rows: attention used in training; columns: attention used in evaluation; a matrix per "
+     "suite, task, framework and length. The paper's Table 2 is drawn beside ours (its task "
+     "is length 1024 and 150K steps; ours may be smaller, so compare the pattern, not the "
+     "numbers)."),
     ("accuracy-vs-length", "Synthetic-task accuracy vs sequence length", accuracy_vs_length,
      "Each train x eval cell against length: a panel per attention used in training, a line "
-     "per attention used in evaluation (style: framework). Stars: the paper's Table 2 at "
+     "per attention used in evaluation (style: framework, with the suite where several ran "
+     "over length). Stars: the paper's Table 2 at "
      "length 1024; rings: the fastai reproduction's; crosses: models that used their whole "
      "step budget without their loss plateauing."),
     ("training-curves", "Training curves", training_curves,
-     "Training loss per step of each synthetic-task run."),
+     "Training loss per step of each synthetic-task model: a panel per suite, task and "
+     "length, a line per attention used in training (style: framework)."),
     ("memory-vs-depth", "Memory vs depth", memory_vs_depth,
      "Peak memory of whole models over the number of layers: reversible stacks should stay "
      "nearly flat, plain residual stacks grow linearly."),
