@@ -1,5 +1,5 @@
 """The Table-2 summary and figure over length, from a real sweep of tiny task cases: one matrix
-per task, framework and length, each cell against length beside the paper's and the fastai
+per suite, task, framework and length, each cell against length beside the paper's and the fastai
 reproduction's length-1024 values, models that used their budget marked as not converged."""
 
 from __future__ import annotations
