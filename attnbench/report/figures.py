@@ -380,14 +380,15 @@ def accuracy_vs_length(frame):
 
     sns = _seaborn()
     cells = pd.DataFrame.from_records(task_cells(frame))
-    series = ["suite", "task", "framework"]
     if len(cells):
-        cells = cells[cells.groupby(series)["length"].transform("nunique") >= 2]
+        lengths = cells.groupby(["suite", "task", "framework"])["length"].transform("nunique")
+        cells = cells[lengths >= 2]
     if not len(cells):
         raise NoData("no synthetic-task results at two or more lengths")
     named = [c for c in ("suite", "task") if cells[c].nunique() > 1] + ["framework"]
-    cells = cells.assign(series=cells[named].astype(str).agg(", ".join, axis=1))
-    cells = cells.groupby(["series", "length", "train", "eval"], as_index=False).agg(
+    series = ", ".join(named)  # the legend's title: framework, or suite, framework
+    cells = cells.assign(**{series: cells[named].astype(str).agg(", ".join, axis=1)})
+    cells = cells.groupby([series, "length", "train", "eval"], as_index=False).agg(
         accuracy=("accuracy", "mean"), converged=("converged", lambda v: False not in set(v)))
     cells["accuracy"] *= 100
     order = {name: i for i, name in enumerate(paper.TABLE2_EVAL)}
@@ -396,7 +397,7 @@ def accuracy_vs_length(frame):
     fig, axes = _subplots(len(trains), width=4.8, height=3.4)
     for ax, train in zip(axes, trains, strict=True):
         part = cells[cells["train"] == train]
-        sns.lineplot(data=part, x="length", y="accuracy", hue="eval", style="series",
+        sns.lineplot(data=part, x="length", y="accuracy", hue="eval", style=series,
                      markers=True, dashes=True, palette=palette, errorbar=None, ax=ax)
         late = part[~part["converged"]]
         if len(late):

@@ -129,6 +129,9 @@ def test_the_accuracy_over_length_figure_draws_a_panel_per_training_attention(fr
     fig = figures.accuracy_vs_length(frame)
     titles = sorted(ax.get_title() for ax in fig.axes if ax.get_visible())
     assert titles == ["trained with full", "trained with lsh-2"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert {"eval", "framework", "torch"} <= set(legend), legend  # one suite: not named
+    assert "jax" not in legend  # JAX ran one length: no line over length
     result = figures.render_one("accuracy-vs-length", "t", "c", figures.accuracy_vs_length,
                                 frame)
     assert result.svg and "not converged" in result.svg
@@ -162,7 +165,7 @@ def test_two_suites_at_one_length_never_share_a_matrix(two_suites):
     assert "ours: tiny-table2: duplication, torch, L=16 (mean over seeds)" in titles
     legend = [t.get_text() for ax in figures.accuracy_vs_length(two_suites).axes
               if ax.get_legend() for t in ax.get_legend().get_texts()]
-    assert "torch" in legend and not any("tiny-other" in t for t in legend)
+    assert "torch" in legend and not any("tiny-other" in t for t in legend)  # one length
 
 
 def test_training_curves_get_a_panel_per_suite_and_length(frame, two_suites):
