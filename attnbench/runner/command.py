@@ -63,6 +63,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter", action="append", metavar="TEXT",
                    help="only cases whose label contains TEXT, e.g. 'lsh/torch' or 'L=4096' "
                    "(repeatable: all must match; see --dry-run for labels)")
+    p.add_argument("--cases-of", metavar="SUITE",
+                   help="only the cases that SUITE (a suite file or a shipped suite's name) "
+                   "also has, paired by case id; each of SUITE's cases must be one of this "
+                   "suite's. The run directory stays this suite's, so a later run without "
+                   "--cases-of resumes it and does not run those cases again")
     p.add_argument("--memory-limit", type=int, metavar="MB",
                    help="kill a case whose resident memory passes MB and record it as oom "
                    "(overrides the suite's memory_limit_mb)")
@@ -135,7 +140,24 @@ def _cases(suite: Suite, args) -> tuple[list, list]:
     if overrides:
         everything = [dataclasses.replace(c, **overrides) for c in everything]
     selected = filter_cases(everything, frameworks=args.framework, patterns=args.filter)
+    if args.cases_of is not None:
+        selected = _cases_of(args.cases_of, suite, everything, selected, device)
     return everything, selected
+
+
+def _cases_of(ref: str, suite: Suite, everything, selected, device) -> list:
+    """--cases-of: the selected cases that the other suite also has (by case id, after the
+    same --device); an other-suite case this suite lacks is an error, never dropped quietly."""
+    other = load_suite(resolve_suite_path(ref))
+    ours = {c.case_id for c in everything}
+    wanted = set()
+    for case in filter_cases(other.cases, device=device):
+        if case.case_id not in ours:
+            raise SuiteError(f"--cases-of {ref}: case {case.case_id} ({case.label()}) of suite "
+                             f"{other.name!r} is not in suite {suite.name!r}; --cases-of "
+                             "selects among this suite's cases")
+        wanted.add(case.case_id)
+    return [c for c in selected if c.case_id in wanted]
 
 
 def run(args: argparse.Namespace) -> int:

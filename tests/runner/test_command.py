@@ -30,6 +30,47 @@ def test_dry_run_lists_filtered_cases():
     assert "case(s) of" in out.stderr
 
 
+def test_cases_of_selects_the_other_suites_cases_by_id(tmp_path):
+    """gpu_check.sh runs the headline as gpu-check's cases, in gpu-check's run directory."""
+    headline = load_suite(ROOT / "suites" / "gpu-headline.toml")
+    out = attnbench("run", "gpu-check", "--cases-of", "gpu-headline", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert sorted(line.split()[0] for line in out.stdout.splitlines()) == sorted(
+        c.case_id for c in headline.cases)
+    assert "12 case(s) of 78 in suite 'gpu-check'" in out.stderr
+    out = attnbench("run", "gpu-check", "--cases-of", "gpu-headline", "--framework", "jax",
+                    "--filter", "lsh/", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 4 and "lsh/jax" in out.stdout
+    # a case the other suite has and this one lacks is an error, never dropped quietly
+    out = attnbench("run", "gpu-headline", "--cases-of", "gpu-check", "--dry-run")
+    assert out.returncode == 2
+    assert "--cases-of gpu-check: case c2f408e66d56 (lsh/torch fb L=4096 h=1 triton cuda " \
+           "bfloat16) of suite 'gpu-check' is not in suite 'gpu-headline'" in out.stderr
+    out = attnbench("run", "gpu-check", "--cases-of", str(tmp_path / "missing.toml"),
+                    "--dry-run")
+    assert out.returncode == 2 and "missing.toml: cannot read suite" in out.stderr
+
+
+def test_a_run_after_cases_of_resumes_without_running_them_again(tmp_path):
+    body = ('[[sweep]]\nvariant = "full-fused"\nframework = "torch"\nmode = "forward"\n'
+            'd_model = 16\nn_heads = 2\nmin_repeats = 1\nmax_repeats = 1\nlength = {}\n')
+    (tmp_path / "big.toml").write_text('name = "big"\n' + body.format("[64, 128]"))
+    (tmp_path / "first.toml").write_text('name = "first"\n' + body.format("128"))
+    out_dir = tmp_path / "run"
+    first = attnbench("run", str(tmp_path / "big.toml"), "--cases-of",
+                      str(tmp_path / "first.toml"), "--out", str(out_dir), "--no-progress")
+    assert first.returncode == 0, first.stderr
+    rows = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
+    assert [r["case"]["length"] for r in rows] == [128]
+    rest = attnbench("run", str(tmp_path / "big.toml"), "--out", str(out_dir), "--no-progress")
+    assert rest.returncode == 0, rest.stderr
+    assert "(1 case(s) done)" in rest.stderr
+    rows = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["case"]["length"] for r in rows) == [64, 128]
+    assert all(r["status"] == "ok" for r in rows)
+
+
 def test_bad_suite_exits_2_naming_file_and_key(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\n[[sweep]]\nvariant = "lsh"\nframework = "torch"\n'
