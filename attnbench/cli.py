@@ -7,6 +7,7 @@
   report      HTML + CSV report of one or more runs
   compare     compare two runs case by case; non-zero exit on a regression
   check       evaluate a run's same-run contracts; non-zero exit on a violation
+  kernels     compile the fused GPU kernels for a GPU target (no GPU needed): registers, spills
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ COMMANDS = {
     "report": ("attnbench.report.command", "HTML and CSV report of runs"),
     "compare": ("attnbench.compare", "compare two runs"),
     "check": ("attnbench.contracts", "check a run's same-run contracts"),
+    "kernels": ("attnbench.kernels.command", "compile the fused kernels for a GPU target"),
 }
 
 

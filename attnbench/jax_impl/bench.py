@@ -148,6 +148,7 @@ def make_step(case, variant: Variant) -> Step:
         "framework_version": jax.__version__,
         "n_params": int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params))),
         "kernel": case.resolved_kernel if variant.hashed else None,  # the LSH kernel that ran
+        "kernel_precision": kernel_precision(case) if variant.hashed else None,
         "full_attention_kernel": (fused_kernel(dtype, device.platform)
                                   if variant.attention == "full" and variant.impl == "fused"
                                   else None),
@@ -169,3 +170,13 @@ def _memory_analysis(compiled) -> dict:
                 "xla_output_mb": analysis.output_size_in_bytes / MB}
     except Exception:  # noqa: BLE001 - not every backend or version reports it
         return {"xla_temp_mb": None, "xla_argument_mb": None, "xla_output_mb": None}
+
+
+def kernel_precision(case) -> str:
+    """How the LSH band's products are computed: the fused kernel's route (3xTF32 for float32)
+    or, on the portable core, the dtype's own matmuls (float32 at ``Precision.HIGHEST``)."""
+    if case.resolved_kernel == "pallas":
+        from attnbench.jax_impl import lsh_pallas
+
+        return lsh_pallas.precision(case.dtype)
+    return case.dtype

@@ -106,6 +106,7 @@ def make_step(case, variant: Variant) -> Step:
         "framework_version": torch.__version__,
         "n_params": sum(p.numel() for p in params),
         "kernel": case.resolved_kernel if variant.hashed else None,  # the LSH kernel that ran
+        "kernel_precision": kernel_precision(case) if variant.hashed else None,
         "full_attention_kernel": (fused_kernel(dtype, device.type)
                                   if variant.attention == "full" and variant.impl == "fused"
                                   else None),
@@ -113,3 +114,14 @@ def make_step(case, variant: Variant) -> Step:
         "l2_cache": "warm" if device.type != "cpu" else None,
     }
     return Step(run, memory, info)
+
+
+def kernel_precision(case) -> str:
+    """How the LSH band's products are computed: the fused kernel's route (3xTF32 for float32)
+    or, on the portable core, the dtype's own matmuls (float32 without TF32: torch's default,
+    recorded in the environment as ``tf32_matmul``)."""
+    if case.resolved_kernel == "triton":
+        from attnbench.torch_impl import lsh_triton
+
+        return lsh_triton.precision(case.dtype)
+    return case.dtype

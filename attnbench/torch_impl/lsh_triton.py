@@ -62,54 +62,96 @@ from attnbench.reference import MASK_VALUE, SELF_MASK_VALUE
 
 _SELF_MASK = tl.constexpr(SELF_MASK_VALUE)
 _CAUSAL_MASK = tl.constexpr(MASK_VALUE)
-# tl.dot needs tiles >= 16. The upper bounds are estimates, not measurements: beyond them one
-# program's [C, C] logits and [C, d] tiles would far exceed a GPU's registers and shared memory.
+# tl.dot needs tiles >= 16; the upper bounds are what `attnbench kernels --envelope` compiled
+# within a block's registers and shared memory on sm_80 and sm_90 (docs/architecture.md §3).
 _MIN_CHUNK, _MAX_CHUNK = 16, 128
 _MAX_D = 256
 _DTYPES = ("float32", "bfloat16", "float16")
+# What each pass is, by name: `attnbench kernels` compiles these with `launch_options`.
+PASSES = ("forward", "backward-dkdv", "backward-dq")
 
 
 # --------------------------------------------------------------------------------------------
 # Kernels (interpreted or compiled according to TRITON_INTERPRET at import, see docstring).
-# Offsets are int64 from the group index on, so G * N * d may exceed 2**31. UPCAST (interpreter
-# and bfloat16 only) computes the matmuls on float32 copies of the loaded tiles: Triton 3.9's
-# interpreter multiplies bfloat16 tiles as their raw uint16 bits.
+# Offsets are int64 from the group index on, so G * N * d may exceed 2**31. A program holds
+# BLOCK_M queries (or BLOCK_N keys) of its chunk and streams the window past them in blocks of
+# BLOCK_N keys (or BLOCK_M queries); both divide CHUNK, and launch_options picks them so that
+# every tile fits the registers. UPCAST (interpreter and bfloat16 only) computes the matmuls on
+# float32 copies of the loaded tiles: Triton 3.9's interpreter multiplies bfloat16 tiles as
+# their raw uint16 bits.
 # --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tf32(x):
+    """x rounded to the nearest TF32 value (10 mantissa bits, ties away from zero), float32."""
+    bits = x.to(tl.int32, bitcast=True)
+    return ((bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot(a, b, acc, SPLIT: tl.constexpr):
+    """acc + a @ b. SPLIT (float32 operands): three TF32 products of the operands split into
+    a high and a low TF32 part (3xTF32; the lo x lo term is dropped), each an exact product on
+    the tensor cores and in the interpreter alike, so the interpreter measures the GPU's error.
+    Otherwise 16-bit operands (or the interpreter's float32 copies) in one product."""
+    if SPLIT:
+        a_hi = _tf32(a)
+        b_hi = _tf32(b)
+        a_lo = _tf32(a - a_hi)
+        b_lo = _tf32(b - b_hi)
+        acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
+        acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
+        return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _program(n_chunks, CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+    """(group, chunk, first row) of this program: BLOCK rows of one chunk, chunks fastest
+    after the sub-blocks, so neighbouring programs share key/value chunks in L2."""
+    pid = tl.program_id(0)
+    per_chunk = CHUNK // BLOCK
+    chunk = (pid // per_chunk) % n_chunks
+    group = (pid // (per_chunk * n_chunks)).to(tl.int64)
+    return group, chunk, chunk * CHUNK + (pid % per_chunk) * BLOCK
 
 
 @triton.jit
 def _band_forward_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, out_ptr, max_ptr, sum_ptr,
                          n_items, n_chunks, d_head, d_v, window, shift,
-                         CHUNK: tl.constexpr, DH: tl.constexpr, DV: tl.constexpr,
-                         CAUSAL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    pid = tl.program_id(0)
-    chunk = pid % n_chunks
-    group = (pid // n_chunks).to(tl.int64)
-    slot = tl.arange(0, CHUNK)
+                         CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         DH: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr,
+                         SPLIT: tl.constexpr, UPCAST: tl.constexpr):
+    group, chunk, first = _program(n_chunks, CHUNK, BLOCK_M)
     dh, dv = tl.arange(0, DH), tl.arange(0, DV)
     dh_ok, dv_ok = dh < d_head, dv < d_v  # the padded columns load as 0 and are never stored
     q_base, v_base, p_base = group * n_items * d_head, group * n_items * d_v, group * n_items
 
-    rows = chunk * CHUNK + slot
+    rows = first + tl.arange(0, BLOCK_M)
     q = tl.load(q_ptr + q_base + rows[:, None] * d_head + dh[None, :], mask=dh_ok[None, :],
-                other=0.0)  # (C, DH)
-    q_pos = tl.load(pos_ptr + p_base + rows)  # (C,)
+                other=0.0)  # (M, DH)
+    q_pos = tl.load(pos_ptr + p_base + rows)  # (M,)
     if UPCAST:
         q = q.to(tl.float32)
-    row_max = tl.full([CHUNK], float("-inf"), tl.float32)
-    row_sum = tl.zeros([CHUNK], tl.float32)
-    acc = tl.zeros([CHUNK, DV], tl.float32)
-    for i in range(window):
-        # key chunk (chunk + o) mod n_chunks with o = i - n_chunks_before; shift keeps it >= 0
-        cols = ((chunk + shift + i) % n_chunks) * CHUNK + slot
+    row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    row_sum = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DV], tl.float32)
+    for step in range(window * (CHUNK // BLOCK_N)):
+        # key block step % per_chunk of chunk (chunk + o) mod n_chunks, o = i - n_chunks_before
+        # with i = step // per_chunk; shift keeps the chunk index >= 0
+        i = step // (CHUNK // BLOCK_N)
+        cols = (((chunk + shift + i) % n_chunks) * CHUNK + (step % (CHUNK // BLOCK_N)) * BLOCK_N
+                + tl.arange(0, BLOCK_N))
         k = tl.load(k_ptr + q_base + cols[:, None] * d_head + dh[None, :], mask=dh_ok[None, :],
-                    other=0.0)  # (C, DH)
+                    other=0.0)  # (N, DH)
         v = tl.load(v_ptr + v_base + cols[:, None] * d_v + dv[None, :], mask=dv_ok[None, :],
-                    other=0.0)  # (C, DV)
+                    other=0.0)  # (N, DV)
         k_pos = tl.load(pos_ptr + p_base + cols)
         if UPCAST:
             k, v = k.to(tl.float32), v.to(tl.float32)
-        logits = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (Cq, Ck) float32
+        logits = _dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), SPLIT)
         logits = tl.where(q_pos[:, None] == k_pos[None, :], _SELF_MASK, logits)
         if CAUSAL:
             logits = tl.where(q_pos[:, None] < k_pos[None, :], _CAUSAL_MASK, logits)
@@ -118,7 +160,7 @@ def _band_forward_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, out_ptr, max_ptr, sum_ptr
         scale = tl.exp(row_max - new_max)  # 0 on the first visit (row_max = -inf)
         p = tl.exp(logits - new_max[:, None])
         row_sum = row_sum * scale + tl.sum(p, 1)
-        acc = acc * scale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        acc = _dot(p.to(v.dtype), v, acc * scale[:, None], SPLIT)
         row_max = new_max
     out = acc / row_sum[:, None]
     tl.store(out_ptr + v_base + rows[:, None] * d_v + dv[None, :], out, mask=dv_ok[None, :])
@@ -129,35 +171,35 @@ def _band_forward_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, out_ptr, max_ptr, sum_ptr
 @triton.jit
 def _band_backward_dkdv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, max_ptr, sum_ptr, do_ptr,
                                delta_ptr, dk_ptr, dv_ptr, n_items, n_chunks, d_head, d_v, window,
-                               shift, CHUNK: tl.constexpr, DH: tl.constexpr, DV: tl.constexpr,
-                               CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-                               UPCAST: tl.constexpr):
-    pid = tl.program_id(0)
-    chunk = pid % n_chunks  # this program's key chunk
-    group = (pid // n_chunks).to(tl.int64)
-    slot = tl.arange(0, CHUNK)
+                               shift, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_N: tl.constexpr, DH: tl.constexpr, DV: tl.constexpr,
+                               CAUSAL: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr):
+    group, chunk, first = _program(n_chunks, CHUNK, BLOCK_N)  # this program's key block
     dh, dv = tl.arange(0, DH), tl.arange(0, DV)
     dh_ok, dv_ok = dh < d_head, dv < d_v
     q_base, v_base, p_base = group * n_items * d_head, group * n_items * d_v, group * n_items
 
-    cols = chunk * CHUNK + slot
+    cols = first + tl.arange(0, BLOCK_N)
     k = tl.load(k_ptr + q_base + cols[:, None] * d_head + dh[None, :], mask=dh_ok[None, :],
-                other=0.0)  # (C, DH)
+                other=0.0)  # (N, DH)
     v = tl.load(v_ptr + v_base + cols[:, None] * d_v + dv[None, :], mask=dv_ok[None, :],
-                other=0.0)  # (C, DV)
+                other=0.0)  # (N, DV)
     k_pos = tl.load(pos_ptr + p_base + cols)
     if UPCAST:
         k, v = k.to(tl.float32), v.to(tl.float32)
-    d_k = tl.zeros([CHUNK, DH], tl.float32)
-    d_v_acc = tl.zeros([CHUNK, DV], tl.float32)
-    for j in range(window):
-        # Query chunk (chunk - o) mod n_chunks for o = n_chunks_after - j: every (query chunk,
-        # offset) pair that lands here, so a chunk met twice in one window is visited twice.
-        rows = ((chunk + shift + j) % n_chunks) * CHUNK + slot
+    d_k = tl.zeros([BLOCK_N, DH], tl.float32)
+    d_v_acc = tl.zeros([BLOCK_N, DV], tl.float32)
+    for step in range(window * (CHUNK // BLOCK_M)):
+        # Query chunk (chunk - o) mod n_chunks for o = n_chunks_after - j, j = step // per_chunk:
+        # every (query chunk, offset) pair that lands here, so a chunk met twice in one window
+        # is visited twice.
+        j = step // (CHUNK // BLOCK_M)
+        rows = (((chunk + shift + j) % n_chunks) * CHUNK + (step % (CHUNK // BLOCK_M)) * BLOCK_M
+                + tl.arange(0, BLOCK_M))
         q = tl.load(q_ptr + q_base + rows[:, None] * d_head + dh[None, :], mask=dh_ok[None, :],
-                    other=0.0)  # (C, DH)
+                    other=0.0)  # (M, DH)
         d_o = tl.load(do_ptr + v_base + rows[:, None] * d_v + dv[None, :], mask=dv_ok[None, :],
-                      other=0.0)  # (C, DV)
+                      other=0.0)  # (M, DV)
         q_pos = tl.load(pos_ptr + p_base + rows)
         q_max = tl.load(max_ptr + p_base + rows)
         q_sum = tl.load(sum_ptr + p_base + rows)
@@ -165,18 +207,19 @@ def _band_backward_dkdv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, max_ptr, sum_ptr, d
         if UPCAST:
             q, d_o = q.to(tl.float32), d_o.to(tl.float32)
         # transposed (key-major) logits, so the d_k and d_v products need no transpose
-        logits_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # (Ck, Cq)
+        logits_t = _dot(k, tl.trans(q), tl.zeros([BLOCK_N, BLOCK_M], tl.float32), SPLIT)
         replaced = k_pos[:, None] == q_pos[None, :]
         logits_t = tl.where(replaced, _SELF_MASK, logits_t)
         if CAUSAL:
             future = k_pos[:, None] > q_pos[None, :]
             logits_t = tl.where(future, _CAUSAL_MASK, logits_t)
             replaced = replaced | future
-        p_t = tl.exp(logits_t - q_max[None, :]) / q_sum[None, :]  # (Ck, Cq)
-        d_v_acc += tl.dot(p_t.to(d_o.dtype), d_o, input_precision=PRECISION)
-        d_p_t = tl.dot(v, tl.trans(d_o), input_precision=PRECISION)  # (Ck, Cq): d_o_i . v_j
+        p_t = tl.exp(logits_t - q_max[None, :]) / q_sum[None, :]  # (N, M)
+        d_v_acc = _dot(p_t.to(d_o.dtype), d_o, d_v_acc, SPLIT)
+        d_p_t = _dot(v, tl.trans(d_o), tl.zeros([BLOCK_N, BLOCK_M], tl.float32),
+                     SPLIT)  # (N, M): d_o_i . v_j
         d_l_t = tl.where(replaced, 0.0, p_t * (d_p_t - q_delta[None, :]))
-        d_k += tl.dot(d_l_t.to(q.dtype), q, input_precision=PRECISION)
+        d_k = _dot(d_l_t.to(q.dtype), q, d_k, SPLIT)
     tl.store(dk_ptr + q_base + cols[:, None] * d_head + dh[None, :], d_k, mask=dh_ok[None, :])
     tl.store(dv_ptr + v_base + cols[:, None] * d_v + dv[None, :], d_v_acc, mask=dv_ok[None, :])
 
@@ -184,39 +227,38 @@ def _band_backward_dkdv_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, max_ptr, sum_ptr, d
 @triton.jit
 def _band_backward_dq_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, max_ptr, sum_ptr, do_ptr, delta_ptr,
                              dq_ptr, n_items, n_chunks, d_head, d_v, window, shift,
-                             CHUNK: tl.constexpr, DH: tl.constexpr, DV: tl.constexpr,
-                             CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
-                             UPCAST: tl.constexpr):
-    pid = tl.program_id(0)
-    chunk = pid % n_chunks  # this program's query chunk
-    group = (pid // n_chunks).to(tl.int64)
-    slot = tl.arange(0, CHUNK)
+                             CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             DH: tl.constexpr, DV: tl.constexpr, CAUSAL: tl.constexpr,
+                             SPLIT: tl.constexpr, UPCAST: tl.constexpr):
+    group, chunk, first = _program(n_chunks, CHUNK, BLOCK_M)  # this program's query block
     dh, dv = tl.arange(0, DH), tl.arange(0, DV)
     dh_ok, dv_ok = dh < d_head, dv < d_v
     q_base, v_base, p_base = group * n_items * d_head, group * n_items * d_v, group * n_items
 
-    rows = chunk * CHUNK + slot
+    rows = first + tl.arange(0, BLOCK_M)
     q = tl.load(q_ptr + q_base + rows[:, None] * d_head + dh[None, :], mask=dh_ok[None, :],
-                other=0.0)  # (C, DH)
+                other=0.0)  # (M, DH)
     d_o = tl.load(do_ptr + v_base + rows[:, None] * d_v + dv[None, :], mask=dv_ok[None, :],
-                  other=0.0)  # (C, DV)
+                  other=0.0)  # (M, DV)
     q_pos = tl.load(pos_ptr + p_base + rows)
     q_max = tl.load(max_ptr + p_base + rows)
     q_sum = tl.load(sum_ptr + p_base + rows)
     q_delta = tl.load(delta_ptr + p_base + rows)
     if UPCAST:
         q, d_o = q.to(tl.float32), d_o.to(tl.float32)
-    d_q = tl.zeros([CHUNK, DH], tl.float32)
-    for i in range(window):
-        cols = ((chunk + shift + i) % n_chunks) * CHUNK + slot  # as in the forward
+    d_q = tl.zeros([BLOCK_M, DH], tl.float32)
+    for step in range(window * (CHUNK // BLOCK_N)):
+        i = step // (CHUNK // BLOCK_N)  # as in the forward
+        cols = (((chunk + shift + i) % n_chunks) * CHUNK + (step % (CHUNK // BLOCK_N)) * BLOCK_N
+                + tl.arange(0, BLOCK_N))
         k = tl.load(k_ptr + q_base + cols[:, None] * d_head + dh[None, :], mask=dh_ok[None, :],
-                    other=0.0)  # (C, DH)
+                    other=0.0)  # (N, DH)
         v = tl.load(v_ptr + v_base + cols[:, None] * d_v + dv[None, :], mask=dv_ok[None, :],
-                    other=0.0)  # (C, DV)
+                    other=0.0)  # (N, DV)
         k_pos = tl.load(pos_ptr + p_base + cols)
         if UPCAST:
             k, v = k.to(tl.float32), v.to(tl.float32)
-        logits = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (Cq, Ck)
+        logits = _dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), SPLIT)
         replaced = q_pos[:, None] == k_pos[None, :]
         logits = tl.where(replaced, _SELF_MASK, logits)
         if CAUSAL:
@@ -224,10 +266,14 @@ def _band_backward_dq_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, max_ptr, sum_ptr, do_
             logits = tl.where(future, _CAUSAL_MASK, logits)
             replaced = replaced | future
         p = tl.exp(logits - q_max[:, None]) / q_sum[:, None]
-        d_p = tl.dot(d_o, tl.trans(v), input_precision=PRECISION)  # (Cq, Ck)
+        d_p = _dot(d_o, tl.trans(v), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), SPLIT)  # (M, N)
         d_l = tl.where(replaced, 0.0, p * (d_p - q_delta[:, None]))
-        d_q += tl.dot(d_l.to(k.dtype), k, input_precision=PRECISION)
+        d_q = _dot(d_l.to(k.dtype), k, d_q, SPLIT)
     tl.store(dq_ptr + q_base + rows[:, None] * d_head + dh[None, :], d_q, mask=dh_ok[None, :])
+
+
+KERNELS = {"forward": _band_forward_kernel, "backward-dkdv": _band_backward_dkdv_kernel,
+           "backward-dq": _band_backward_dq_kernel}
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,16 +342,56 @@ def _check_inputs(q, k, v, positions, chunk_len, n_chunks_before, n_chunks_after
     _check_device(q.device)
 
 
-def _launch_args(q, v, chunk_len, allow_tf32):
-    """Constexpr tile sizes and launch options shared by the three kernels."""
-    if q.dtype == torch.float32:
-        precision = "tf32" if allow_tf32 else "ieee"
-    else:  # 16-bit operands: the setting only concerns float32, so keep Triton's default
-        precision = "tf32"
-    return dict(CHUNK=chunk_len, DH=max(16, triton.next_power_of_2(q.shape[-1])),
-                DV=max(16, triton.next_power_of_2(v.shape[-1])), PRECISION=precision,
-                UPCAST=interpreting() and q.dtype == torch.bfloat16,
-                num_warps=4 if chunk_len <= 64 else 8)
+# (BLOCK_M, BLOCK_N, num_warps) at head sizes up to 64 (BLOCK_M counts queries, BLOCK_N keys;
+# a program holds one and streams the other): `attnbench kernels` compiled these for sm_80
+# and sm_90 with no spill. Wider heads halve the blocks per doubling (never below 16).
+_TILES = {("16-bit", "forward"): (64, 32, 4), ("16-bit", "backward-dkdv"): (32, 64, 4),
+          ("16-bit", "backward-dq"): (64, 32, 4), ("float32", "forward"): (32, 32, 4),
+          ("float32", "backward-dkdv"): (32, 32, 4), ("float32", "backward-dq"): (32, 32, 4)}
+
+
+def _tiles(chunk_len: int, width: int, dtype, pass_: str) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of a pass at ``width``, the larger padded
+    head size (the envelope these give: docs/architecture.md §3)."""
+    kind = "float32" if _dtype_name(dtype) == "float32" else "16-bit"
+    block_m, block_n, num_warps = _TILES[kind, pass_]
+    shrink = max(1, width // 64)
+    return (min(chunk_len, max(16, block_m // shrink)),
+            min(chunk_len, max(16, block_n // shrink)), num_warps, 2)
+
+
+def launch_options(*, chunk_len: int, d_head: int, d_v: int, dtype, causal: bool,
+                   pass_: str) -> dict:
+    """The constexprs, num_warps and num_stages of one pass's launch (what ``attnbench
+    kernels`` compiles, so the audited kernel is the launched one)."""
+    if pass_ not in PASSES:
+        raise ValueError(f"pass_={pass_!r}: one of {', '.join(PASSES)}")
+    dtype = _dtype_name(dtype)
+    dh = max(16, triton.next_power_of_2(d_head))
+    dv = max(16, triton.next_power_of_2(d_v))
+    block_m, block_n, num_warps, num_stages = _tiles(chunk_len, max(dh, dv), dtype, pass_)
+    constexprs = dict(CHUNK=chunk_len, BLOCK_M=block_m, BLOCK_N=block_n, DH=dh, DV=dv,
+                      CAUSAL=bool(causal), SPLIT=dtype == "float32",
+                      UPCAST=interpreting() and dtype == "bfloat16")
+    return {"constexprs": constexprs, "num_warps": num_warps, "num_stages": num_stages}
+
+
+def precision(dtype) -> str:
+    """How this kernel multiplies ``dtype`` operands (recorded in every row as
+    ``kernel_precision``): 3xTF32 for float32, the 16-bit type itself otherwise; always
+    accumulated in float32."""
+    return "tf32x3" if _dtype_name(dtype) == "float32" else _dtype_name(dtype)
+
+
+def _launch(kernel_name, q, v, chunk_len, n_chunks, causal, *args):
+    """Launch one pass over every (group, chunk, block) with its launch options."""
+    options = launch_options(chunk_len=chunk_len, d_head=q.shape[-1], d_v=v.shape[-1],
+                             dtype=q.dtype, causal=causal, pass_=kernel_name)
+    constexprs = options["constexprs"]
+    block = constexprs["BLOCK_N" if kernel_name == "backward-dkdv" else "BLOCK_M"]
+    grid = (q.shape[0] * n_chunks * (chunk_len // block),)
+    KERNELS[kernel_name][grid](*args, num_warps=options["num_warps"],
+                               num_stages=options["num_stages"], **constexprs)
 
 
 def _on_device(device: torch.device):
@@ -313,8 +399,7 @@ def _on_device(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def band_forward(q, k, v, positions, *, chunk_len, n_chunks_before, n_chunks_after, causal,
-                 allow_tf32=False):
+def band_forward(q, k, v, positions, *, chunk_len, n_chunks_before, n_chunks_after, causal):
     """Returns (out [G, N, dv], row_max [G, N], row_sum [G, N]), all float32.
 
     row_max is the max of each query's window logits, row_sum = sum exp(logit - row_max), and
@@ -329,15 +414,14 @@ def band_forward(q, k, v, positions, *, chunk_len, n_chunks_before, n_chunks_aft
     row_max = torch.empty(groups, n_items, dtype=torch.float32, device=q.device)
     row_sum = torch.empty_like(row_max)
     with _on_device(q.device):
-        _band_forward_kernel[(groups * n_chunks,)](
-            q, k, v, positions, out, row_max, row_sum, n_items, n_chunks, d_head, d_v,
-            n_chunks_before + n_chunks_after + 1, (-n_chunks_before) % n_chunks, CAUSAL=causal,
-            **_launch_args(q, v, chunk_len, allow_tf32))
+        _launch("forward", q, v, chunk_len, n_chunks, causal, q, k, v, positions, out, row_max,
+                row_sum, n_items, n_chunks, d_head, d_v, n_chunks_before + n_chunks_after + 1,
+                (-n_chunks_before) % n_chunks)
     return out, row_max, row_sum
 
 
 def band_backward(q, k, v, positions, row_max, row_sum, d_o, delta, *, chunk_len,
-                  n_chunks_before, n_chunks_after, causal, allow_tf32=False):
+                  n_chunks_before, n_chunks_after, causal):
     """Returns (d_q, d_k, d_v), float32, shaped as q, k, v.
 
     row_max, row_sum [G, N] come from :func:`band_forward`; d_o [G, N, dv] is the output
@@ -361,13 +445,11 @@ def band_backward(q, k, v, positions, row_max, row_sum, d_o, delta, *, chunk_len
     d_q = torch.empty(q.shape, dtype=torch.float32, device=q.device)
     d_k = torch.empty_like(d_q)
     d_v_out = torch.empty(v.shape, dtype=torch.float32, device=q.device)
-    launch = _launch_args(q, v, chunk_len, allow_tf32)
-    grid = (groups * n_chunks,)
     with _on_device(q.device):
-        _band_backward_dkdv_kernel[grid](
-            q, k, v, positions, row_max, row_sum, d_o, delta, d_k, d_v_out, n_items, n_chunks,
-            d_head, d_v, window, (-n_chunks_after) % n_chunks, CAUSAL=causal, **launch)
-        _band_backward_dq_kernel[grid](
-            q, k, v, positions, row_max, row_sum, d_o, delta, d_q, n_items, n_chunks, d_head,
-            d_v, window, (-n_chunks_before) % n_chunks, CAUSAL=causal, **launch)
+        _launch("backward-dkdv", q, v, chunk_len, n_chunks, causal, q, k, v, positions,
+                row_max, row_sum, d_o, delta, d_k, d_v_out, n_items, n_chunks, d_head, d_v,
+                window, (-n_chunks_after) % n_chunks)
+        _launch("backward-dq", q, v, chunk_len, n_chunks, causal, q, k, v, positions, row_max,
+                row_sum, d_o, delta, d_q, n_items, n_chunks, d_head, d_v, window,
+                (-n_chunks_before) % n_chunks)
     return d_q, d_k, d_v_out

@@ -17,7 +17,7 @@ import pytest
 
 from attnbench import reference as R
 from attnbench.jax_impl import lsh_pallas
-from tests.tolerances import assert_close
+from tests.tolerances import TOLERANCE, assert_close, relative_error
 
 CHUNK = 16
 N_BUCKETS = 4
@@ -38,10 +38,11 @@ class Case:
     after: int = 0
     causal: bool = True
     dtype: str = "float32"
+    chunk: int = CHUNK
 
     @property
     def settings(self) -> dict:
-        return {"chunk_len": CHUNK, "n_chunks_before": self.before,
+        return {"chunk_len": self.chunk, "n_chunks_before": self.before,
                 "n_chunks_after": self.after, "causal": self.causal}
 
 
@@ -59,6 +60,13 @@ CASES = [
     pytest.param(Case(3, 32, 2, 64, 32, dtype="bfloat16"), id="G3-d64-dv32-h2-causal-bf16"),
     pytest.param(Case(3, 16, 4, 32, 48, causal=False, dtype="float16"),
                  id="G3-d32-dv48-h4-bidir-fp16"),
+    # Chunks longer than the tiles (compiler_params' tiles at these sizes, the suites' own
+    # among them): a program holds part of its chunk and streams the window in blocks.
+    pytest.param(Case(1, 128, 1, 64, 64, chunk=64), id="G1-C64-d64-causal-sub-blocks"),
+    pytest.param(Case(1, 128, 1, 128, 128, causal=False, chunk=64),
+                 id="G1-C64-d128-bidir-sub-blocks"),
+    pytest.param(Case(1, 128, 1, 64, 64, dtype="bfloat16", chunk=64),
+                 id="G1-C64-d64-causal-bf16-sub-blocks"),
 ]
 
 
@@ -106,12 +114,13 @@ def kernel_passes(case: Case, device):
 def reference_row_max(q, k, positions, case: Case) -> np.ndarray:
     """[G, N] max logit over each query's window (the reference returns only lse)."""
     groups, n_items = positions.shape
-    n_chunks = n_items // CHUNK
+    chunk = case.chunk
+    n_chunks = n_items // chunk
     row_max = np.empty((groups, n_items))
     for g in range(groups):
         for c in range(n_chunks):
-            rows = np.arange(c * CHUNK, (c + 1) * CHUNK)
-            cols = np.concatenate([np.arange(CHUNK) + (c + o) % n_chunks * CHUNK
+            rows = np.arange(c * chunk, (c + 1) * chunk)
+            cols = np.concatenate([np.arange(chunk) + (c + o) % n_chunks * chunk
                                    for o in range(-case.before, case.after + 1)])
             logits = q[g, rows] @ k[g, cols].T
             q_pos, k_pos = positions[g, rows][:, None], positions[g, cols][None, :]
@@ -208,6 +217,38 @@ def test_custom_vjp_under_jit_matches_reference(rng, jax_device):
                                  d_lse=d_lse)
     for name, got, ref in zip("qkv", grads, ref_grads, strict=True):
         assert_close(got, ref, "float32", f"d_{name}")
+
+
+def test_sub_block_cases_use_sub_blocks():
+    """The sub-block cases above really split their chunks (a guard on CASES)."""
+    for param in CASES[-3:]:
+        case = param.values[0]
+        tiles = lsh_pallas._tiles(case.chunk, max(case.d_head, case.d_v), case.dtype, "forward")
+        assert min(tiles[:2]) < case.chunk, param.id
+
+
+def test_float32_is_3xtf32_not_tf32(rng):
+    """float32 runs as 3xTF32: within the float32 tolerance of the float64 reference, which a
+    single TF32 product would miss by far (the interpreter computes the same exact products
+    of TF32 parts as the tensor cores)."""
+    case = Case(1, 64, 2, 64, 64, causal=False)
+    (q, k, v), (q64, k64, v64), positions = make_inputs(rng, case)
+    q, q64 = 4 * q, 4 * q64  # larger logits, so a 10-bit mantissa shows in the output
+    forward, _ = kernel_passes(case, jax.devices("cpu")[0])
+    out, _, _ = forward(q, k, v, jnp.asarray(positions))
+    exact, _ = R.band_attention(q64, k64, v64, positions, **case.settings)
+    single, _ = R.band_attention(*(tf32(x) for x in (q64, k64, v64)), positions,
+                                 **case.settings)
+    assert relative_error(single, exact) > 10 * TOLERANCE["float32"]
+    assert_close(np.asarray(out, np.float64), exact, "float32", "3xTF32 out")
+    assert lsh_pallas.precision(jnp.float32) == "tf32x3"
+    assert lsh_pallas.precision(jnp.bfloat16) == "bfloat16"
+
+
+def tf32(x):
+    """x rounded to TF32 (10 mantissa bits), as a GPU's single-pass TF32 product sees it."""
+    bits = np.asarray(x, np.float32).view(np.int32)
+    return ((bits + 0x1000) & -8192).view(np.float32).astype(np.float64)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
