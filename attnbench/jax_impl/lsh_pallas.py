@@ -66,7 +66,11 @@ __all__ = ["band_backward", "band_forward", "check_supported"]
 _KERNEL = "pallas"
 _DTYPES = ("float32", "bfloat16", "float16")
 _MIN_BLOCK = 16  # Triton's tt.dot needs M, N, K >= 16
-_MAX_HEAD = 256  # padded head dim: [C, d] float32 accumulators must stay in registers
+# What compiles for sm_80 and sm_90 without spills (attnbench kernels --envelope): Pallas
+# unrolls the window, so its envelope is narrower than Triton's loop: padded heads up to 64,
+# chunks up to 128 (float32, whose 3xTF32 holds two parts of every operand: 64).
+_MAX_HEAD = 64
+_MAX_CHUNK = {"float32": 64, "bfloat16": 128, "float16": 128}
 # float32 constants, so no float64 literal enters a kernel even under jax_enable_x64.
 _SELF_MASK = np.float32(SELF_MASK_VALUE)
 _MASK = np.float32(MASK_VALUE)
@@ -101,10 +105,15 @@ def check_supported(*, chunk_len, d_head, d_v, dtype) -> None:
             raise ValueError(f"{name}={d}: kernel {_KERNEL!r} needs a positive head dim")
         if _padded(d) > _MAX_HEAD:
             raise ValueError(f"{name}={d}: kernel {_KERNEL!r} pads head dims to a power of two "
-                             f"and takes at most {_MAX_HEAD}")
+                             f"and takes at most {_MAX_HEAD} (wider tiles spill registers on "
+                             f"sm_80 and sm_90: attnbench kernels --envelope)")
     name = jnp.dtype(dtype).name
     if name not in _DTYPES:
         raise ValueError(f"dtype={name}: kernel {_KERNEL!r} takes float32, bfloat16 or float16")
+    if chunk_len > _MAX_CHUNK[name]:
+        raise ValueError(f"chunk_len={chunk_len}: kernel {_KERNEL!r} takes {name} chunks up to "
+                         f"{_MAX_CHUNK[name]} (longer windows spill registers on sm_80 and "
+                         f"sm_90: attnbench kernels --envelope)")
 
 
 def _check_inputs(q, k, v, positions, chunk_len, n_chunks_before, n_chunks_after):

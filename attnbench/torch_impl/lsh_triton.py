@@ -66,6 +66,7 @@ _CAUSAL_MASK = tl.constexpr(MASK_VALUE)
 # within a block's registers and shared memory on sm_80 and sm_90 (docs/architecture.md §3).
 _MIN_CHUNK, _MAX_CHUNK = 16, 128
 _MAX_D = 256
+_MAX_D_FLOAT32 = 128  # padded: 3xTF32 tiles of 256-wide heads spill even at 16 x 16 blocks
 _DTYPES = ("float32", "bfloat16", "float16")
 # What each pass is, by name: `attnbench kernels` compiles these with `launch_options`.
 PASSES = ("forward", "backward-dkdv", "backward-dq")
@@ -299,6 +300,11 @@ def check_supported(*, chunk_len: int, d_head: int, d_v: int, dtype) -> None:
     if _dtype_name(dtype) not in _DTYPES:
         raise ValueError(f"dtype={_dtype_name(dtype)}: kernel 'triton' needs one of "
                          f"{', '.join(_DTYPES)}")
+    width = max(16, triton.next_power_of_2(max(d_head, d_v)))
+    if _dtype_name(dtype) == "float32" and width > _MAX_D_FLOAT32:
+        raise ValueError(f"d_head={d_head}, d_v={d_v}: kernel 'triton' takes float32 head sizes "
+                         f"up to {_MAX_D_FLOAT32} (3xTF32 tiles of wider heads spill registers "
+                         f"on sm_80 and sm_90: attnbench kernels --envelope)")
 
 
 def interpreting() -> bool:
@@ -346,7 +352,7 @@ def _check_inputs(q, k, v, positions, chunk_len, n_chunks_before, n_chunks_after
 # a program holds one and streams the other): `attnbench kernels` compiled these for sm_80
 # and sm_90 with no spill. Wider heads halve the blocks per doubling (never below 16).
 _TILES = {("16-bit", "forward"): (64, 32, 4), ("16-bit", "backward-dkdv"): (32, 64, 4),
-          ("16-bit", "backward-dq"): (64, 32, 4), ("float32", "forward"): (32, 32, 4),
+          ("16-bit", "backward-dq"): (64, 32, 4), ("float32", "forward"): (32, 16, 4),
           ("float32", "backward-dkdv"): (32, 32, 4), ("float32", "backward-dq"): (32, 32, 4)}
 
 

@@ -225,7 +225,10 @@ def test_compiled_deterministic(rng):
     (dict(d_v=512), "d_v=512: kernel 'triton' needs 1 <= d_v <= 256"),
     (dict(dtype=torch.float64), "dtype=float64: kernel 'triton' needs one of float32, "
                                 "bfloat16, float16"),
-], ids=["chunk8", "chunk24", "chunk256", "d_head0", "d_v512", "float64"])
+    (dict(d_head=129), "d_head=129, d_v=64: kernel 'triton' takes float32 head sizes up to 128 "
+                       "(3xTF32 tiles of wider heads spill registers on sm_80 and sm_90: "
+                       "attnbench kernels --envelope)"),
+], ids=["chunk8", "chunk24", "chunk256", "d_head0", "d_v512", "float64", "float32-d129"])
 def test_check_supported_rejects(kwargs, message):
     args = dict(chunk_len=16, d_head=64, d_v=64, dtype=torch.float32) | kwargs
     with pytest.raises(ValueError) as err:
@@ -236,6 +239,8 @@ def test_check_supported_rejects(kwargs, message):
 def test_check_supported_accepts():
     for dtype in (torch.float32, torch.bfloat16, "float16"):
         lsh_triton.check_supported(chunk_len=64, d_head=59, d_v=7, dtype=dtype)
+        lsh_triton.check_supported(chunk_len=128, d_head=128, d_v=128, dtype=dtype)
+    lsh_triton.check_supported(chunk_len=128, d_head=256, d_v=256, dtype=torch.bfloat16)
 
 
 def test_rejects_bad_inputs():
