@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "to take, not only the GPU suites' (hundreds of compiles)")
     p.add_argument("--out", metavar="DIR",
                    help="write DIR/kernels.jsonl and the cubins beside it")
+    p.add_argument("--format", choices=("table", "markdown"), default="table",
+                   help="markdown: the table docs/architecture.md §3 carries")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         with open(out / "kernels.jsonl", "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
-    print(format_table(rows))
+    print(format_table(rows, markdown=args.format == "markdown"))
     bad = [r for r in rows if r["accepted"] and problems(r)]
     if bad:
         print(f"\n{len(bad)} accepted configuration(s) do not fit: "
@@ -98,7 +100,7 @@ def label(row: dict) -> str:
             f"{row['arch']}")
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[dict], markdown: bool = False) -> str:
     head = ("kernel", "pass", "dtype", "C", "d", "causal", "arch", "warps", "stages", "regs",
             "spill B", "shared KB", "compile s", "accepted", "fits")
     lines = [head]
@@ -111,6 +113,9 @@ def format_table(rows: list[dict]) -> str:
                       f"{r['shared_bytes'] / 1024:.0f}" if ok else "-", f"{r['compile_s']:.1f}",
                       "yes" if r["accepted"] else "no",
                       "yes" if not problems(r) else "NO: " + ", ".join(problems(r))))
+    if markdown:
+        return "\n".join(["| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(head),
+                          *("| " + " | ".join(line) + " |" for line in lines[1:])])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                      for line in lines)
