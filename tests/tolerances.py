@@ -32,3 +32,10 @@ def assert_close(actual, expected, dtype: str, what: str = "") -> None:
     tol = TOLERANCE[dtype]
     err = relative_error(actual, expected)
     assert err <= tol, f"{what}: error {err:.3e} exceeds the {dtype} tolerance {tol:.0e}"
+
+
+def tf32(x):
+    """x rounded to TF32 (10 mantissa bits), as a GPU's single-pass TF32 product sees it: the
+    route the kernels' 3xTF32 must beat (their float32 tests compare against it)."""
+    bits = np.asarray(x, np.float32).view(np.int32)
+    return ((bits + 0x1000) & -8192).view(np.float32).astype(np.float64)

@@ -16,20 +16,21 @@ forward never writes the [N, window * C] logits to memory (an online softmax ove
 chunks, one program per query chunk), and the backward recomputes probabilities from the saved
 per-row max and sum instead of storing them, as flash attention does.
 
-- ``band_forward``: one pallas_call, grid (G, n_chunks), one program per query chunk. The window
-  is one BlockSpec per offset, index_map ``(g, c) -> (g, (c + o) mod n_chunks, 0)``, so every
-  window chunk arrives as its own [C, d] block and the loop over offsets unrolls at trace time.
+- ``band_forward``: one pallas_call, grid (G, n_chunks * C / BLOCK_M), one program per block of
+  BLOCK_M queries. The window is one BlockSpec per (offset, key block of BLOCK_N rows), index_map
+  ``(g, s) -> (g, ((s // blocks_per_chunk + o) mod n_chunks) * C / BLOCK_N + part, 0)``, so every
+  window block arrives as its own ref and the loop over them unrolls at trace time.
   Returns (out [G, N, dv], row_max [G, N], row_sum [G, N]), all float32. Max and sum stay apart
   (not only lse): a row whose only target is its masked self has logits near -1e5, where float32
   cannot hold ``logit - lse`` precisely.
-- ``band_backward``: one pallas_call, grid (G, n_chunks). Program c first computes d_k, d_v of
-  key chunk c by visiting the query chunks whose windows contain it, ``(c - o) mod n_chunks``,
-  then d_q of query chunk c by visiting its own window. Each program writes only its own chunk:
-  no atomics, deterministic; the price is computing each block's probabilities twice.
+- ``band_backward``: two pallas_calls, as Triton's: d_k, d_v per block of BLOCK_N keys over the
+  query chunks whose windows contain it, ``(c - o) mod n_chunks``, then d_q per block of BLOCK_M
+  queries over its own window. Each program writes only its own block: no atomics,
+  deterministic; the price is computing each block's probabilities twice.
   With ``p_ij = exp(l_ij - row_max_i) / row_sum_i`` and ``d_l_ij = p_ij (d_o_i . v_j - delta_i)``
   (0 where replaced): d_q = d_l k, d_k = d_l^T q, d_v = p^T d_o, summed over every window a key
   is in. ``delta`` [G, N] comes from the caller (``sum(d_out * out, -1) - d_lse`` for the VJP of
-  (out, lse)).
+  (out, lse)). Tiles per pass: ``_TILES`` (docs/architecture.md §3).
 
 GPU lowering. In this JAX the default GPU lowering of ``pl.pallas_call`` is Mosaic GPU
 (``jax_pallas_use_mosaic_gpu`` defaults to True, and pallas_call is deprecated there in favour of
@@ -44,8 +45,8 @@ rounded to it on entry. ``interpret=True`` runs the same kernels on any backend 
 caller always decides it.
 
 Inputs: q, k, v all float32, all bfloat16 or all float16; accumulation is float32
-(``preferred_element_type``) and so are all outputs. Float32 dots run at full precision
-(``Precision.HIGHEST``: IEEE, no TF32) unless ``allow_tf32``.
+(``preferred_element_type``) and so are all outputs. Float32 dots run
+as 3xTF32 (``_dot``: three TF32 products of split operands, docs/architecture.md §3).
 """
 
 from __future__ import annotations

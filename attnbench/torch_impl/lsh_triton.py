@@ -16,18 +16,19 @@ in memory and loops over blocks in Python; here each program keeps one chunk's q
 online softmax in registers and streams the window's key/value chunks past them, so no logit
 ever reaches memory.
 
-Passes (one launch each, 1-D grid over (group, chunk), chunks fastest so neighbouring programs
-share key/value chunks in L2):
+Passes (one launch each, 1-D grid over (group, chunk, block), chunks fastest after the blocks
+so neighbouring programs share key/value chunks in L2; tiles per pass in ``_TILES``):
 
-* forward, one program per query chunk: q [C, dh] and the running (max, sum, out [C, dv]) stay in
-  registers while the window's chunks are visited; returns out, row_max, row_sum. Max and sum
-  are kept apart rather than folded into a log-sum-exp: a row whose only target is its masked
-  self has logits near -1e5, where float32 cannot hold ``logit - lse`` precisely.
-* backward d_k, d_v, one program per key chunk: the chunk's k, v and its d_k, d_v accumulators
-  stay in registers while it visits every query chunk whose window contains it (query chunk
-  ``(c - o) mod n_chunks`` for each offset o), recomputing the probabilities from the saved
-  row_max and row_sum.
-* backward d_q, one program per query chunk, visiting its window again.
+* forward, one program per block of BLOCK_M queries: q [M, dh] and the running (max, sum,
+  out [M, dv]) stay in registers while the window's keys stream past in blocks of BLOCK_N;
+  returns out, row_max, row_sum. Max and sum are kept apart rather than folded into a
+  log-sum-exp: a row whose only target is its masked self has logits near -1e5, where float32
+  cannot hold ``logit - lse`` precisely.
+* backward d_k, d_v, one program per block of BLOCK_N keys: its k, v and d_k, d_v accumulators
+  stay in registers while it visits (in blocks of BLOCK_M) every query chunk whose window
+  holds it (query chunk ``(c - o) mod n_chunks`` for each offset o), recomputing the
+  probabilities from the saved row_max and row_sum.
+* backward d_q, one program per block of BLOCK_M queries, visiting its window again.
 
 No atomics: every output row is written by exactly one program, so results are deterministic.
 With ``p = exp(l - row_max) / row_sum`` and the caller's ``delta`` (``sum(d_out * out) - d_lse``
@@ -35,9 +36,10 @@ for the usual VJP), ``d_l = p * (d_o . v - delta)``, zero where the logit was re
 
 dtypes: q, k, v all float32, bfloat16 or float16; logits, softmax statistics and accumulators
 are float32 and every output is float32. As in flash attention, probabilities (and d_o, d_l) are
-cast to the input dtype before their matmuls. float32 matmuls use ``input_precision="ieee"``
-unless ``allow_tf32``. Head sizes are padded to a power of two >= 16 (tl.dot's minimum) with
-masked loads, so any d works; chunk_len itself must be a power of two >= 16.
+cast to the input dtype before their matmuls. float32 matmuls run as 3xTF32 (``_dot``: three
+TF32 products of split operands, docs/architecture.md §3). Head sizes are padded to a power of
+two >= 16 (tl.dot's minimum) with masked loads, so any d works; chunk_len itself must be a power
+of two >= 16.
 
 Interpreter mode is chosen at import time. CPU tensors run under the Triton interpreter only,
 which needs ``TRITON_INTERPRET=1`` in the environment *before triton is first imported* in the

@@ -17,7 +17,7 @@ import pytest
 
 from attnbench import reference as R
 from attnbench.jax_impl import lsh_pallas
-from tests.tolerances import TOLERANCE, assert_close, relative_error
+from tests.tolerances import TOLERANCE, assert_close, relative_error, tf32
 
 CHUNK = 16
 N_BUCKETS = 4
@@ -243,12 +243,6 @@ def test_float32_is_3xtf32_not_tf32(rng):
     assert_close(np.asarray(out, np.float64), exact, "float32", "3xTF32 out")
     assert lsh_pallas.precision(jnp.float32) == "tf32x3"
     assert lsh_pallas.precision(jnp.bfloat16) == "bfloat16"
-
-
-def tf32(x):
-    """x rounded to TF32 (10 mantissa bits), as a GPU's single-pass TF32 product sees it."""
-    bits = np.asarray(x, np.float32).view(np.int32)
-    return ((bits + 0x1000) & -8192).view(np.float32).astype(np.float64)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

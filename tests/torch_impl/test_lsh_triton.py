@@ -20,7 +20,7 @@ from attnbench.reference import MASK_VALUE, SELF_MASK_VALUE, band_attention
 pytest.importorskip("triton", reason="the torch LSH kernel needs triton (attnbench[test])")
 from attnbench.torch_impl import lsh_triton  # noqa: E402
 from attnbench.torch_impl.lsh_attention import sort_by_bucket  # noqa: E402
-from tests.tolerances import TOLERANCE, assert_close, relative_error  # noqa: E402
+from tests.tolerances import TOLERANCE, assert_close, relative_error, tf32  # noqa: E402
 
 CHUNK = 16
 
@@ -158,12 +158,6 @@ def test_sub_blocks(triton_device, rng, dtype, chunk_len, d_head):
     run_and_compare(rng, triton_device, dtype, (1, 2 * chunk_len, 1, d_head, d_head),
                     n_before=1, n_after=0, causal=True, positions_dtype=torch.int64,
                     chunk_len=chunk_len)
-
-
-def tf32(x):
-    """x rounded to TF32 (10 mantissa bits), as a GPU's single-pass TF32 product sees it."""
-    bits = np.asarray(x, np.float32).view(np.int32)
-    return ((bits + 0x1000) & -8192).view(np.float32).astype(np.float64)
 
 
 def test_float32_is_3xtf32_not_tf32(triton_device, rng):
