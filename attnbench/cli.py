@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -64,10 +65,12 @@ def _export_arguments(p):
 
 def _export(args) -> int:
     from attnbench.runs import SourceError, load_source, unreadable_summary, write_results_csv
+    from attnbench.safeio import UnsafePathError, check_outputs
 
     try:
         source = load_source(args.run_dir)
-    except SourceError as exc:
+        check_outputs([("--csv", args.csv)], [args.run_dir])
+    except (SourceError, UnsafePathError) as exc:
         print(f"attnbench export: error: {exc}", file=sys.stderr)
         return 2
     for line in unreadable_summary([source]):
@@ -107,13 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # a path the locale cannot encode is escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     if getattr(args, "_unavailable", None):
         print(f"attnbench: error: {args._unavailable}", file=sys.stderr)
         return 2
-    if args.command in _LOCAL:
-        return _LOCAL[args.command][1](args)
-    return importlib.import_module(COMMANDS[args.command][0]).run(args)
+    command = (_LOCAL[args.command][1] if args.command in _LOCAL
+               else importlib.import_module(COMMANDS[args.command][0]).run)
+    try:
+        return command(args)
+    except OSError as exc:
+        # what the system refused on a path (a name too long, a permission, a full disk)
+        # is an error naming it, never a traceback; every command's own writes are atomic
+        # and its rows fsynced, so nothing written before is lost
+        where = " -> ".join(os.fsdecode(f) for f in (exc.filename, exc.filename2)
+                            if f is not None)
+        print(f"attnbench {args.command}: error: {where + ': ' if where else ''}"
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -23,13 +23,15 @@ import csv
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from attnbench.meta import SCHEMA_VERSION, Environment, GitInfo, RunMeta, SuiteInfo
 from attnbench.runner.case import case_label
-from attnbench.store import META_FILE, RESULTS_FILE, RunStore, StoreError
+from attnbench.safeio import UnsafePathError, atomic_text, read_text
+from attnbench.store import META_FILE, RESULTS_FILE, RunStore, StoreError, row_problem
 
 # Case fields a pytest-benchmark's params / extra_info may carry (see attnbench.runner.case).
 CASE_FIELDS = ("variant", "framework", "mode", "length", "device", "dtype", "batch", "d_model",
@@ -38,6 +40,7 @@ CASE_FIELDS = ("variant", "framework", "mode", "length", "device", "dtype", "bat
 # extra_info keys of attnbench's fixture that describe the case, not a measurement.
 _FIXTURE_CASE_KEYS = ("case", "case_id", "label")
 # Timing statistics of pytest-benchmark, in seconds, and the metric each becomes.
+PYTEST_BENCHMARK_LIMIT = 64 * 2**20  # bytes of a pytest-benchmark JSON file
 PYTEST_BENCHMARK_STATS = {"median": "time_median_s", "iqr": "time_iqr_s", "mean": "time_mean_s",
                           "min": "time_min_s", "max": "time_max_s", "stddev": "time_stddev_s"}
 
@@ -79,20 +82,26 @@ def load_source(path: str | os.PathLike) -> Source:
     """A run directory (``meta.json`` + ``results.jsonl``) or a pytest-benchmark JSON file;
     anything else is a :class:`SourceError` naming the path."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such run directory or file") from None
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
         return _load_run_dir(path)
-    if path.is_file():
-        if path.name in (META_FILE, RESULTS_FILE):
-            return _load_run_dir(path.parent)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SourceError(f"{path}: not a run directory, and not JSON ({exc})") from None
-        if is_pytest_benchmark(data):
-            return _from_pytest_benchmark(path, data)
-        raise SourceError(f"{path}: a JSON file, but not pytest-benchmark output "
-                          "(no 'benchmarks' list with 'machine_info')")
-    raise SourceError(f"{path}: no such run directory or file")
+    if path.name in (META_FILE, RESULTS_FILE):
+        return _load_run_dir(path.parent)
+    try:
+        data = json.loads(read_text(path, PYTEST_BENCHMARK_LIMIT, "pytest-benchmark file"))
+    except UnsafePathError as exc:
+        raise SourceError(str(exc)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{path}: not a run directory, and not JSON ({exc})") from None
+    if is_pytest_benchmark(data):
+        return _from_pytest_benchmark(path, data)
+    raise SourceError(f"{path}: a JSON file, but not pytest-benchmark output "
+                      "(no 'benchmarks' list with 'machine_info')")
 
 
 def load_sources(paths: list[str | os.PathLike]) -> list[Source]:
@@ -106,11 +115,10 @@ def _load_run_dir(path: Path) -> Source:
                           "writes it when a run starts)")
     try:
         meta = store.read_meta()
+        rows, problems = store.scan(latest=True)
     except StoreError as exc:
         raise SourceError(str(exc)) from None
-    rows, problems = store.scan()
-    return Source(path=path, kind="run", meta=meta, rows=latest_per_case(rows),
-                  problems=problems)
+    return Source(path=path, kind="run", meta=meta, rows=rows, problems=problems)
 
 
 def unreadable_summary(sources: list[Source], limit: int = 5) -> list[str]:
@@ -178,9 +186,20 @@ def _from_pytest_benchmark(path: Path, data: dict[str, Any]) -> Source:
                    suite=SuiteInfo(name=f"pytest-benchmark {path.name}",
                                    description="pytest-benchmark JSON output"),
                    environment=environment)
-    rows = [_pytest_benchmark_row(meta.run_id, bench) for bench in data["benchmarks"]
-            if isinstance(bench, dict)]
-    return Source(path=path, kind="pytest-benchmark", meta=meta, rows=latest_per_case(rows))
+    rows, problems = [], []
+    for number, bench in enumerate(data["benchmarks"]):
+        where = f"{path}: benchmarks[{number}]"
+        if not isinstance(bench, dict):
+            problems.append(f"{where}: not an object")
+            continue
+        row = _pytest_benchmark_row(meta.run_id, bench)
+        wrong = row_problem(row)  # the store's schema: a text or NaN metric is unreadable
+        if wrong:
+            problems.append(f"{where} ({bench.get('name')!r}): {wrong}")
+        else:
+            rows.append(row)
+    return Source(path=path, kind="pytest-benchmark", meta=meta, rows=latest_per_case(rows),
+                  problems=problems)
 
 
 def _pytest_benchmark_row(run_id: str, bench: dict[str, Any]) -> dict[str, Any]:
@@ -201,9 +220,9 @@ def _pytest_benchmark_row(run_id: str, bench: dict[str, Any]) -> dict[str, Any]:
         case["options"] = {"benchmark": name}
         case_id = hashlib.sha256(name.encode()).hexdigest()[:12]
     metrics: dict[str, Any] = {}
-    for stat, metric in PYTEST_BENCHMARK_STATS.items():
-        if isinstance(stats.get(stat), int | float):
-            metrics[metric] = stats[stat]
+    for statistic, metric in PYTEST_BENCHMARK_STATS.items():
+        if isinstance(stats.get(statistic), int | float):
+            metrics[metric] = stats[statistic]
     if isinstance(stats.get("rounds"), int):
         metrics["time_repeats"] = stats["rounds"]
     if isinstance(stats.get("data"), list):
@@ -294,13 +313,15 @@ def _cell(value: Any) -> Any:
 
 
 def write_results_csv(sources: list[Source], path: str | os.PathLike) -> int:
-    """``results.csv``: one row per case and run; lists and dicts as JSON text. Returns the
-    row count. The only writer of the file."""
+    """``results.csv``: one row per case and run; lists and dicts as JSON text; every cell,
+    the header's included, guarded against spreadsheet formulas. Written atomically (a kill or
+    a full disk leaves the previous file). Returns the row count. The only writer of the
+    file."""
     records = tidy_records(sources)
     columns = column_order(records)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
+    with atomic_text(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([_cell(column) for column in columns])  # a key is a cell too
         for record in records:
-            writer.writerow({k: _cell(record.get(k)) for k in columns})
+            writer.writerow([_cell(record.get(k)) for k in columns])
     return len(records)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import time
@@ -52,6 +53,15 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.meta import SCHEMA_VERSION, MetaError, RunMeta
+from attnbench.safeio import (
+    UnsafePathError,
+    is_temp_name,
+    open_append,
+    open_lock,
+    open_regular,
+    read_text,
+    write_atomic,
+)
 
 STATUSES = ("ok", "oom", "timeout", "error", "skipped")
 META_FILE = "meta.json"
@@ -61,6 +71,8 @@ LOCK_FILE = ".lock"
 # something else (the report's files and checkpoints included, a run may hold these).
 RUN_FILES = {META_FILE, RESULTS_FILE, LOCK_FILE, "results.csv", "index.html", "checkpoints",
              f"{META_FILE}.tmp"}
+META_LIMIT = 16 * 2**20   # bytes of meta.json (the suite as parsed is its largest part)
+ROW_LIMIT = 16 * 2**20    # bytes of one results.jsonl row
 
 
 class StoreError(RuntimeError):
@@ -95,7 +107,8 @@ class RunStore:
             raise StoreError(f"{self.path}: holds {RESULTS_FILE} but no {META_FILE}, so whose "
                              "rows they are is lost; move the directory aside (or --fresh does) "
                              "or choose another --out")
-        foreign = sorted(p.name for p in self.path.iterdir() if p.name not in RUN_FILES)
+        foreign = sorted(p.name for p in self.path.iterdir()
+                         if p.name not in RUN_FILES and not is_temp_name(p.name))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more"
                                               if len(foreign) > 5 else "")
@@ -109,7 +122,10 @@ class RunStore:
         import fcntl
 
         self.path.mkdir(parents=True, exist_ok=True)
-        f = open(self.path / LOCK_FILE, "a+", encoding="utf-8")
+        try:
+            f = open_lock(self.path / LOCK_FILE)
+        except UnsafePathError as exc:
+            raise StoreError(str(exc)) from None
         try:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -131,19 +147,22 @@ class RunStore:
     def create(self, meta: RunMeta) -> None:
         """Start a run: write ``meta.json`` (atomically) and an empty ``results.jsonl``."""
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.meta_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=True, default=str,
-                                  allow_nan=False) + "\n")
-        os.replace(tmp, self.meta_path)
-        self.results_path.touch()
+        try:
+            open_append(self.results_path).close()
+            write_atomic(self.meta_path, json.dumps(meta.to_dict(), indent=2, sort_keys=True,
+                                                    default=str, allow_nan=False) + "\n")
+        except UnsafePathError as exc:
+            raise StoreError(str(exc)) from None
 
     def read_meta(self) -> RunMeta:
         try:
-            data = json.loads(self.meta_path.read_text())
+            data = json.loads(read_text(self.meta_path, META_LIMIT, META_FILE))
         except (FileNotFoundError, NotADirectoryError):
             raise StoreError(f"{self.path}: not a run directory (no {META_FILE})") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StoreError(f"{self.meta_path}: not valid JSON ({exc})") from None
+        except UnsafePathError as exc:
+            raise StoreError(str(exc)) from None
         if isinstance(data, dict) and data.get("schema") != SCHEMA_VERSION:
             raise StoreError(
                 f"{self.meta_path}: schema {data.get('schema')!r}, this attnbench reads "
@@ -155,27 +174,45 @@ class RunStore:
 
     def append(self, row: dict[str, Any]) -> None:
         """Append one result row and make it durable before returning."""
-        if row.get("status") not in STATUSES:
-            raise ValueError(f"status={row.get('status')!r}: must be one of {STATUSES}")
-        line = json.dumps({"schema": SCHEMA_VERSION, **row}, default=str, allow_nan=False)
-        with open(self.results_path, "a", encoding="utf-8") as f:
+        row = {"schema": SCHEMA_VERSION, **row}
+        wrong = row_problem(row)
+        if wrong:  # the writer keeps the schema its readers check
+            raise ValueError(f"row of case {row.get('case_id')!r}: {wrong}")
+        line = json.dumps(row, default=str, allow_nan=False)
+        try:
+            f = open_append(self.results_path)
+        except UnsafePathError as exc:
+            raise StoreError(str(exc)) from None
+        with f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
 
-    def scan(self) -> tuple[list[dict[str, Any]], list[str]]:
-        """(every valid row, what could not be read: ``file:line: why`` each). A last line
-        without its newline counts when it parses (the write finished, the newline did not);
-        one cut off mid-row is a kill's, not a problem: that case runs again on resume."""
-        rows: list[dict[str, Any]] = []
+    def scan(self, latest: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+        """(every valid row, what could not be read: ``file:line: why`` each); with ``latest``
+        only the last row of each case, kept while reading, so memory follows the cases, not
+        the file. A last line without its newline counts when it parses (the write finished,
+        the newline did not); one cut off mid-row is a kill's, not a problem: that case runs
+        again on resume. A line longer than :data:`ROW_LIMIT` is not read."""
+        rows: dict[Any, dict[str, Any]] | list[dict[str, Any]] = {} if latest else []
         problems: list[str] = []
-        if not self.results_path.is_file():
-            return rows, problems
-        with open(self.results_path, "rb") as f:
-            for number, raw in enumerate(f, 1):
+        try:
+            f = open_regular(self.results_path)
+        except FileNotFoundError:
+            return [], problems
+        except UnsafePathError as exc:
+            raise StoreError(str(exc)) from None
+        with f:
+            for number, raw in enumerate(iter(lambda: f.readline(ROW_LIMIT + 1), b""), 1):
+                where = f"{self.results_path}:{number}"
+                if len(raw) > ROW_LIMIT:
+                    problems.append(f"{where}: a row longer than {ROW_LIMIT // 2**20} MiB, "
+                                    "not read")
+                    while raw and not raw.endswith(b"\n"):  # skip the rest of the line
+                        raw = f.readline(ROW_LIMIT + 1)
+                    continue
                 if not raw.endswith(b"\n") and _torn(raw.decode("utf-8", errors="replace")):
                     break
-                where = f"{self.results_path}:{number}"
                 try:
                     row = json.loads(raw.decode("utf-8"))
                 except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -185,8 +222,12 @@ class RunStore:
                 if wrong:
                     problems.append(f"{where}: {wrong}")
                     continue
-                rows.append(row)
-        return rows, problems
+                if isinstance(rows, dict):
+                    rows.pop(row["case_id"], None)  # file order of the last occurrence
+                    rows[row["case_id"]] = row
+                else:
+                    rows.append(row)
+        return list(rows.values()) if isinstance(rows, dict) else rows, problems
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """Every valid row (:meth:`scan` says what else the file holds)."""
@@ -194,23 +235,40 @@ class RunStore:
 
     def repair(self) -> None:
         """Make the file end on a fresh line before the next append: a last row that parses
-        gets its newline; one cut off mid-write is dropped."""
-        if not self.results_path.is_file():
+        gets its newline; one cut off mid-write is dropped (the file rewritten atomically)."""
+        try:
+            f = open_regular(self.results_path)
+        except FileNotFoundError:
             return
-        data = self.results_path.read_bytes()
-        if not data or data.endswith(b"\n"):
-            return
-        start = data.rfind(b"\n") + 1
-        if _torn(data[start:].decode("utf-8", errors="replace")):
-            with open(self.results_path, "wb") as f:
-                f.write(data[:start])
-                f.flush()
-                os.fsync(f.fileno())
-        else:
-            with open(self.results_path, "ab") as f:
-                f.write(b"\n")
-                f.flush()
-                os.fsync(f.fileno())
+        except UnsafePathError as exc:
+            raise StoreError(str(exc)) from None
+        with f:
+            size = f.seek(0, os.SEEK_END)
+            tail, start = b"", size
+            while start > 0 and b"\n" not in tail:  # the last line, read from the end
+                step = min(start, 1 << 16)
+                start -= step
+                f.seek(start)
+                tail = f.read(step) + tail
+            if not tail or tail.endswith(b"\n"):
+                return
+            cut = start + tail.rfind(b"\n") + 1
+            last = tail[tail.rfind(b"\n") + 1:]
+            if _torn(last.decode("utf-8", errors="replace")):
+                f.seek(0)
+                kept = f.read(cut)
+            else:
+                kept = None
+        try:
+            if kept is not None:
+                write_atomic(self.results_path, kept)
+            else:
+                with open_append(self.results_path, binary=True) as out:
+                    out.write(b"\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+        except UnsafePathError as exc:
+            raise StoreError(str(exc)) from None
 
     def done_ids(self) -> set[str]:
         return {row["case_id"] for row in self.rows()}
@@ -231,10 +289,42 @@ def row_problem(row: Any) -> str | None:
     if not isinstance(row.get("metrics"), dict):
         return "metrics must be an object"
     for name, value in row["metrics"].items():
-        if name.endswith(("_s", "_mb", "_per_s", "_frac")) and not (
-                value is None or isinstance(value, int | float | list) and
-                not isinstance(value, bool)):
-            return f"metric {name} must be a number (or null), not {value!r}"
+        wrong = metric_problem(name, value)
+        if wrong:
+            return wrong
+    return None
+
+
+# Metric names ending so carry a unit (seconds, MiB, a rate, a fraction): a number, never
+# negative. Every number a row holds, unit or not, is finite: JSON has no NaN or infinity,
+# and a gate that read one would judge nonsense.
+UNIT_SUFFIXES = ("_s", "_mb", "_per_s", "_frac")
+
+
+def metric_problem(name: str, value: Any) -> str | None:
+    """What is wrong with one metric's value, against the schema; None when nothing is."""
+    if isinstance(value, list):
+        wrong = [v for v in value if isinstance(v, int | float) and not isinstance(v, bool)
+                 and _bad_number(name, v)]
+        if wrong:
+            return f"metric {name} holds {wrong[0]!r}: {_bad_number(name, wrong[0])}"
+        if name.endswith(UNIT_SUFFIXES) and not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            return f"metric {name} must hold numbers only"
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        wrong = _bad_number(name, value)
+        return f"metric {name} = {value!r}: {wrong}" if wrong else None
+    if name.endswith(UNIT_SUFFIXES) and value is not None:
+        return f"metric {name} must be a number (or null), not {value!r}"
+    return None
+
+
+def _bad_number(name: str, value: float) -> str | None:
+    if not math.isfinite(value):
+        return "must be finite"
+    if value < 0 and name.endswith(UNIT_SUFFIXES):
+        return "must not be negative (it carries a unit)"
     return None
 
 

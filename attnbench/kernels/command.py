@@ -24,6 +24,7 @@ from pathlib import Path
 
 from attnbench.kernels.compile import ARCHS, MAX_REGISTERS
 from attnbench.kernels.configs import KERNEL, KernelConfig, envelope_configs, suite_configs
+from attnbench.safeio import UnsafePathError, cannot_create_in, check_outputs, write_atomic
 
 FRAMEWORKS = tuple(KERNEL)
 
@@ -50,12 +51,15 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         try:
+            check_outputs([("--out", out / "kernels.jsonl")])
             out.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=out)
-            probe.close()
+            why = cannot_create_in(out)
+        except UnsafePathError as exc:
+            why = str(exc)
         except OSError as exc:
-            print(f"attnbench kernels: error: cannot write {out}: {exc.strerror or exc}",
-                  file=sys.stderr)
+            why = exc.strerror or str(exc)
+        if why:
+            print(f"attnbench kernels: error: cannot write {out}: {why}", file=sys.stderr)
             return 2
         rows = _compile_all(configs, archs, out)
     else:
@@ -64,9 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if rows is None:
         return 2
     if args.out:
-        with open(out / "kernels.jsonl", "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
+        write_atomic(out / "kernels.jsonl",
+                     "".join(json.dumps(row, allow_nan=False) + "\n" for row in rows))
     print(format_table(rows, markdown=args.format == "markdown"))
     bad = [r for r in rows if r["accepted"] and problems(r)]
     if bad:

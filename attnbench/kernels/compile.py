@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from attnbench.safeio import write_atomic
+
 # Per-block limits by target: opt-in shared memory (CUDA C Programming Guide, Table 21) and
 # registers per thread.
 ARCHS = {"sm_80": 163 * 1024, "sm_86": 99 * 1024, "sm_89": 99 * 1024, "sm_90": 227 * 1024}
@@ -245,7 +247,7 @@ def compile_config(config: dict, arch: str, out_dir: Path) -> list[dict]:
                 continue
             compile_s = time.perf_counter() - start
             cubin = cubin_name(config, name, arch)
-            (out_dir / cubin).write_bytes(compiled.asm["cubin"])
+            write_atomic(out_dir / cubin, compiled.asm["cubin"])
             usage = resource_usage(out_dir / cubin)
             if len(usage) != 1:
                 raise RuntimeError(f"{cubin}: expected one function, cuobjdump shows {usage}")

@@ -19,6 +19,7 @@ from attnbench.runs import (
     unreadable_summary,
     write_results_csv,
 )
+from attnbench.safeio import UnsafePathError, check_output_dir, check_outputs, write_atomic
 
 SECTIONS_ORDER = ("summary", "contracts", "largest-fit", "figures", "exponents", "failures",
                   "cases", "environment", "run-details")
@@ -76,9 +77,7 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | Non
                 f"generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. "
                 "Data: results.csv beside this file.")
     page = html.render_page(title, subtitle, tables.data_notes(sources, frame), sections, nav)
-    path = out_dir / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_atomic(out_dir / "index.html", page)
 
 
 def only_nodes(source: Source, hosts: list[str]) -> Source:
@@ -139,33 +138,65 @@ def _accuracy_over_length_svg(frame, path: Path) -> Path | None:
         fig = figures.accuracy_vs_length(frame)
     except figures.NoData:
         return None
-    path.write_text(figures.to_svg(fig))
-    return path
+    return write_atomic(path, figures.to_svg(fig))
+
+
+def _outputs(args, out_dir: Path) -> list[tuple[str, Path]]:
+    """Every file this invocation writes, with the option that named it."""
+    outputs = [("-o", out_dir / "index.html"), ("-o", out_dir / "results.csv")]
+    if args.table2_markdown:
+        markdown = Path(args.table2_markdown)
+        outputs += [("--table2-markdown", markdown),
+                    ("--table2-markdown", markdown.with_suffix(".svg"))]
+    return outputs
+
+
+def distinct_sources(sources: list[Source]) -> None:
+    """Refuse a run given twice (by path or by run id): its every case would be counted
+    twice, and two series with one label cannot be told apart."""
+    seen: dict[str, Source] = {}
+    for source in sources:
+        for key in (f"path {source.path.resolve()}", f"run id {source.run_id!r}"):
+            if key in seen:
+                raise SourceError(f"{source.path}: the same run as {seen[key].path} ({key}); "
+                                  "give each run once")
+            seen[key] = source
 
 
 def run(args: argparse.Namespace) -> int:
+    def error(message: str) -> int:
+        print(f"attnbench report: error: {message}", file=sys.stderr)
+        return 2
+
     try:
         sources = load_sources(args.runs)
+        distinct_sources(sources)
     except SourceError as exc:
-        print(f"attnbench report: error: {exc}", file=sys.stderr)
-        return 2
+        return error(str(exc))
+    if args.node:
+        hosts = sorted({str(r["metrics"].get("node_host")) for s in sources for r in s.rows
+                        if r["metrics"].get("node_host") is not None})
+        if not any(only_nodes(s, args.node).rows for s in sources):
+            return error(f"--node {', '.join(args.node)}: no case was measured on "
+                         + (f"it; these runs' hosts: {', '.join(hosts)}" if hosts else
+                            "it; these runs record no host (node_host)"))
     for line in unreadable_summary(sources):
         print(f"attnbench report: warning: {line} (left out of the report)", file=sys.stderr)
     out_dir = Path(args.output) if args.output else default_output(sources)
-    if out_dir.exists() and not out_dir.is_dir():
-        print(f"attnbench report: error: -o {out_dir}: exists and is not a directory (the "
-              "report is a folder: index.html and results.csv)", file=sys.stderr)
-        return 2
+    try:
+        check_output_dir("-o", out_dir, args.runs)
+        check_outputs(_outputs(args, out_dir), args.runs)
+    except UnsafePathError as exc:
+        return error(str(exc))
     try:
         path = build_report(args.runs, out_dir, title=args.title,
                             attention_pattern=not args.no_attention_pattern, nodes=args.node)
     except ImportError as exc:
         print(f"attnbench report: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"attnbench report: error: cannot write the report into {out_dir}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
-        return 2
+    except (OSError, UnsafePathError) as exc:
+        return error(f"cannot write the report into {out_dir}: {_why(exc)} (files already "
+                     "there are unchanged)")
     print(f"wrote {path} and {path.parent / 'results.csv'}")
     if args.table2_markdown:
         import shlex
@@ -181,8 +212,15 @@ def run(args: argparse.Namespace) -> int:
         parts += ["--table2-markdown", args.table2_markdown]
         frame = tidy_frame(sources)
         markdown = Path(args.table2_markdown)
-        figure = _accuracy_over_length_svg(frame, markdown.with_suffix(".svg"))
-        markdown.write_text(table2_markdown(frame, shlex.join(parts), sources,
-                                            figure=figure and figure.name))
+        try:
+            figure = _accuracy_over_length_svg(frame, markdown.with_suffix(".svg"))
+            write_atomic(markdown, table2_markdown(frame, shlex.join(parts), sources,
+                                                   figure=figure and figure.name))
+        except (OSError, UnsafePathError) as exc:
+            return error(f"cannot write --table2-markdown {markdown}: {_why(exc)}")
         print(f"wrote {markdown}" + (f" and {figure}" if figure else ""))
     return 0
+
+
+def _why(exc: Exception) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

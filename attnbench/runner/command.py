@@ -18,6 +18,7 @@ from pathlib import Path
 
 from attnbench.runner.case import FRAMEWORKS
 from attnbench.runner.suite import MAX_CASES, Suite, SuiteError, filter_cases, load_suite
+from attnbench.safeio import UnsafePathError, cannot_create_in
 from attnbench.store import RunStore, StoreError
 
 DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
@@ -180,13 +181,19 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     cache = _compile_cache(args)
-    try:  # before anything starts: a cache that cannot exist would fail every JAX case
+    try:  # before anything starts: a cache that cannot be written would be a miss each time
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(f"attnbench run: error: --compile-cache {cache}: cannot be a directory "
               f"({exc.strerror or exc}); name another or use --no-compile-cache",
               file=sys.stderr)
+        return 2
+    unwritable = cache is not None and cannot_create_in(cache)
+    if unwritable:
+        print(f"attnbench run: error: --compile-cache {cache}: cannot be written "
+              f"({unwritable}); every case would compile afresh and record a miss; name "
+              "another or use --no-compile-cache", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path("reports/runs") / (
         suite.name + (f"-{args.device.replace(':', '')}" if args.device else ""))
@@ -230,7 +237,6 @@ def _compile_cache(args) -> Path | None:
 
 def _run_and_export(store: RunStore, selected, run_id: str, args, ray=None) -> int:
     from attnbench.runner.run import run_cases
-    from attnbench.runs import load_source, write_results_csv
 
     out = store.path
     how = "" if ray is None else f" through Ray ({len(ray.nodes())} node(s))"
@@ -250,21 +256,35 @@ def _run_and_export(store: RunStore, selected, run_id: str, args, ray=None) -> i
                                        workers=_workers(args),
                                        compile_cache=_compile_cache(args))
     except (KeyboardInterrupt, Terminated) as stop:
-        write_results_csv([load_source(out)], out / "results.csv")
         name = "terminated" if isinstance(stop, Terminated) else "interrupted"
-        print(f"\n{name}: finished cases are saved in {out} (results.csv is up to date); run "
-              "the same command again to resume", file=sys.stderr)
+        _, csv_note = _export_csv(out)
+        print(f"\n{name}: finished cases are saved in {out} ({csv_note}); run the same "
+              "command again to resume", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130
-    except OSError as exc:  # a full disk, a directory gone: every fsynced row is kept
-        print(f"attnbench run: error: cannot write to {out}: {exc.strerror or exc}; the rows "
-              "written before are kept, run the same command again to resume",
-              file=sys.stderr)
+    except (OSError, StoreError) as exc:  # a full disk, a directory gone, a planted link
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"attnbench run: error: cannot write to {out}: {why}; the rows written before "
+              "are kept, run the same command again to resume", file=sys.stderr)
         return 2
-    n = write_results_csv([load_source(out)], out / "results.csv")
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing new to run"
-    print(f"{summary}; {n} row(s) in {out / 'results.jsonl'} and {out / 'results.csv'}",
-          file=sys.stderr)
-    return 0
+    exported, csv_note = _export_csv(out)
+    print(f"{summary}; {csv_note}", file=sys.stderr)
+    return 0 if exported else 2
+
+
+def _export_csv(out: Path) -> tuple[bool, str]:
+    """Write the run's results.csv; what happened, in words (a full disk is an error said
+    here, the rows in results.jsonl stay and the previous CSV is left whole)."""
+    from attnbench.runs import SourceError, load_source, write_results_csv
+
+    try:
+        n = write_results_csv([load_source(out)], out / "results.csv")
+    except (OSError, SourceError, UnsafePathError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return False, (f"error: results.csv could not be written ({why}); every row is in "
+                       f"{out / 'results.jsonl'}; attnbench export or report writes the CSV "
+                       "later")
+    return True, f"{n} row(s) in {out / 'results.jsonl'} and {out / 'results.csv'}"
 
 
 def _workers(args) -> str:

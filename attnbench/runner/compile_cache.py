@@ -8,8 +8,9 @@ code instead of compiling it again. Compile time is still recorded (``compile_s`
 ``warmup_s``) together with where the code came from:
 
 - ``compile_cache``: ``hit`` (every compilation the case asked for was in the cache),
-  ``miss`` (none was), ``partial``, or ``off``; absent for a case that compiles nothing
-  (torch without a Triton kernel);
+  ``miss`` (none was), ``partial``, ``off``, or ``unwritable`` (the directory cannot take
+  an entry: ``compile_cache_error`` says why, and the case compiles without the cache);
+  absent for a case that compiles nothing (torch without a Triton kernel);
 - JAX: ``compile_cache_requests`` and ``compile_cache_hits``, counted from JAX's own
   monitoring events; every compilation is cached (no minimum compile time);
 - Triton: ``compile_cache_new_entries``, the kernel directories the case added.
@@ -44,11 +45,13 @@ class _Off:
 
 
 class _Jax:
+    SUBDIR = "jax"
+
     def __init__(self, root: Path) -> None:
         import jax
         from jax import monitoring
 
-        self.dir = root / "jax"
+        self.dir = root / self.SUBDIR
         jax.config.update("jax_compilation_cache_dir", str(self.dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -71,8 +74,10 @@ class _Jax:
 
 
 class _Triton:
+    SUBDIR = "triton"
+
     def __init__(self, root: Path) -> None:
-        self.dir = root / "triton"
+        self.dir = root / self.SUBDIR
         os.environ["TRITON_CACHE_DIR"] = str(self.dir)  # read by Triton when it compiles
         self.before = self._entries()
 
@@ -96,4 +101,31 @@ def configure(case):
     root = os.environ.get(ENV)
     if not root or not compiles:
         return _Off(compiles)
-    return _Jax(Path(root)) if case.framework == "jax" else _Triton(Path(root))
+    cls = _Jax if case.framework == "jax" else _Triton
+    why = _unwritable(Path(root), cls.SUBDIR)
+    if why:
+        return _Unwritable(Path(root) / cls.SUBDIR, why)
+    return cls(Path(root))
+
+
+def _unwritable(root: Path, subdir: str) -> str | None:
+    """Why the framework's cache directory cannot take a new entry (None when it can)."""
+    from attnbench.safeio import cannot_create_in
+
+    try:
+        (root / subdir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return cannot_create_in(root / subdir)
+
+
+class _Unwritable:
+    """A cache that cannot be written: said in the row (``compile_cache: unwritable`` and
+    why), never recorded as an ordinary miss; the case compiles without it."""
+
+    def __init__(self, directory: Path, why: str) -> None:
+        self.directory, self.why = directory, why
+
+    def result(self) -> dict:
+        return {"compile_cache": "unwritable", "compile_cache_dir": str(self.directory),
+                "compile_cache_error": f"cannot write {self.directory}: {self.why}"}

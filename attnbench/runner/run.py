@@ -37,7 +37,7 @@ from attnbench.measure.oom import oom_killed_between, oom_kills
 from attnbench.runner import compile_cache as compile_cache_env
 from attnbench.runner.case import Case
 from attnbench.runner.warm import TemplateError, Templates, kill_group
-from attnbench.store import RunStore
+from attnbench.store import RunStore, metric_problem
 
 POLL_S = 0.02
 ERROR_TAIL_LINES = 8
@@ -306,6 +306,7 @@ class Sweep:
 
     def record(self, case: Case, outcome: Outcome, started: str) -> None:
         """Append the case's row (durable before this returns) and update the counts."""
+        outcome = schema_checked(outcome)
         self.store.append({"run_id": self.run_id, "case_id": case.case_id,
                            "case": case.to_dict(), "status": outcome.status,
                            "error": outcome.error, "metrics": outcome.metrics,
@@ -320,6 +321,22 @@ class Sweep:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def schema_checked(outcome: Outcome) -> Outcome:
+    """The outcome with the metrics the row schema refuses (a NaN, an infinite or negative
+    time, memory or error) left out and named in the row's error; a case that measured one
+    is an ``error``, never a number a gate would judge."""
+    bad = {name: metric_problem(name, value) for name, value in outcome.metrics.items()}
+    bad = {name: why for name, why in bad.items() if why}
+    if not bad:
+        return outcome
+    kept = {name: value for name, value in outcome.metrics.items() if name not in bad}
+    error = "the case measured values the row schema refuses: " + "; ".join(bad.values())
+    if outcome.error:
+        error += f" (and: {outcome.error})"
+    return Outcome("error" if outcome.status == "ok" else outcome.status, error, kept,
+                   outcome.wall_s)
 
 
 def now() -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from attnbench.runner.accuracy_modes import check_options
 from attnbench.runner.case import DEVICES, DTYPES, FRAMEWORKS, MODES, Case
+from attnbench.safeio import UnsafePathError, read_text
 from attnbench.spec import FRAMEWORK_KERNELS, LSH_KERNELS, default_n_buckets, resolve_kernel
 from attnbench.variants import VARIANTS, load_plugin
 
@@ -71,10 +72,15 @@ class Suite:
     source: dict = field(default_factory=dict)  # the parsed TOML, copied into meta.json
 
 
+SUITE_LIMIT = 4 * 2**20  # bytes of a suite file (the shipped ones are a few KiB)
+
+
 def load_suite(path: str | Path, max_cases: int = MAX_CASES) -> Suite:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, SUITE_LIMIT, "suite")
+    except UnsafePathError as exc:
+        raise SuiteError(str(exc)) from None
     except OSError as exc:
         raise SuiteError(f"{path}: cannot read suite ({exc.strerror})") from None
     except UnicodeDecodeError as exc:

@@ -3,8 +3,9 @@
 Array names are the torch state-dict names (``stack.blocks.0.f.attention.w_qk.weight``), which
 the JAX pytrees share (``attnbench.convert``), so a checkpoint written by either framework
 loads in both. The sidecar keeps what the run reported (config, loss curve, training time), so
-evaluation can be re-run from disk alone. Writes go to a temporary file and are renamed into
-place: a killed run never leaves a half-written checkpoint that a later run would trust.
+evaluation can be re-run from disk alone. Both files are written atomically
+(:func:`attnbench.safeio.write_atomic`): a killed run never leaves a half-written checkpoint
+that a later run would trust, and a ``checkpoints`` that is a link is refused, not followed.
 
 Keying: ``<checkpoint_dir>/<task>-<framework>-<TaskConfig.train_key()>.npz`` (+ ``.json``).
 The key hashes every field that decides the weights and none that only decides evaluation.
@@ -14,11 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from attnbench.safeio import UnsafePathError, write_atomic
 
 
 def checkpoint_path(checkpoint_dir: str | Path, config, framework: str) -> Path:
@@ -28,17 +32,32 @@ def checkpoint_path(checkpoint_dir: str | Path, config, framework: str) -> Path:
 
 def save_checkpoint(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
     """Write ``arrays`` (name -> array) and the JSON-able ``meta`` atomically; returns path."""
+    import io
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    with open(tmp, "wb") as f:
-        np.savez(f, **{name: np.asarray(a) for name, a in arrays.items()})
-    meta_path = path.with_suffix(".json")
-    meta_tmp = meta_path.with_name(meta_path.name + ".tmp")
-    meta_tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(meta_tmp, meta_path)
-    os.replace(tmp, path)  # the .npz last: its presence means both files are complete
+    if path.parent.is_symlink():
+        raise UnsafePathError(f"{path.parent}: is a symbolic link (to "
+                              f"{os.readlink(path.parent)}); checkpoints are written only "
+                              "inside the run directory")
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.asarray(a) for name, a in arrays.items()})
+    write_atomic(path.with_suffix(".json"),
+                 json.dumps(_finite(meta), indent=1, sort_keys=True, allow_nan=False))
+    write_atomic(path, buffer.getvalue())  # the .npz last: it means both files are complete
     return path
+
+
+def _finite(value):
+    """``value`` with every non-finite float as None: JSON has no NaN (a diverged loss is
+    recorded as a gap, never as a token other readers refuse)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:

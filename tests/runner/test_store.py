@@ -41,7 +41,7 @@ def test_cut_off_last_line_is_ignored_and_repaired(tmp_path):
 
 def test_bad_status_and_wrong_schema_are_refused(tmp_path):
     store = create_run(tmp_path, "r")
-    with pytest.raises(ValueError, match="status='fine'"):
+    with pytest.raises(ValueError, match="status 'fine' is not one of"):
         store.append(row("a", status="fine"))
     store.meta_path.write_text(json.dumps({"schema": 99}))
     with pytest.raises(StoreError, match="schema 99"):
@@ -121,11 +121,11 @@ def test_csv_text_cells_never_start_a_formula(tmp_path):
     import csv
 
     store = create_run(tmp_path, "r")
-    store.append({**row("a", time_median_s=0.5, delta_s=-0.25), "case": {
+    store.append({**row("a", time_median_s=0.5, score=-0.25), "case": {
         "variant": "@SUM(A1)", "length": 64}})
     store.append({**row("b", status="error"), "error": '=HYPERLINK("http://x","y")'})
     write_results_csv([load_source(tmp_path)], tmp_path / "out.csv")
     with open(tmp_path / "out.csv", newline="") as f:
         first, second = csv.DictReader(f)
-    assert first["variant"] == "'@SUM(A1)" and first["delta_s"] == "-0.25"  # numbers as they are
+    assert first["variant"] == "'@SUM(A1)" and first["score"] == "-0.25"  # numbers as they are
     assert second["error"] == "'=HYPERLINK(\"http://x\",\"y\")"

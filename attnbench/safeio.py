@@ -1,0 +1,274 @@
+"""Every file attnbench writes, rewrites or reads whole goes through here.
+
+Three rules, each in one place:
+
+- **Never through a link, never half written.** :func:`write_atomic` writes a new file beside
+  the target (created exclusively, so never through a link an attacker planted), fsyncs it and
+  renames it over the target, then fsyncs the directory: a reader sees the old file or the new
+  one, never part of one, after a SIGKILL or on a full disk (the temporary file is removed on
+  an error; a kill leaves only a hidden ``.NAME.*.tmp`` beside it). :func:`open_append` and
+  :func:`open_lock` open without following a link (``O_NOFOLLOW``). A target that is a
+  symbolic link, a directory, a FIFO or a device is refused, naming it.
+- **Regular files only, of bounded size.** :func:`read_bytes` opens without blocking (a FIFO
+  cannot hang it), refuses anything but a regular file and reads at most ``limit`` bytes,
+  saying so when a file is larger.
+- **No output replaces an input.** :func:`check_outputs` refuses an output path that is one
+  of the command's input files (by inode, so a hard link or a second spelling counts), a file
+  the store owns (``meta.json``, ``results.jsonl``, ``.lock``), two outputs that are one file,
+  or a file inside a run directory the command does not read.
+
+Errors are :class:`UnsafePathError` (a ValueError: the commands print it and exit 2) or, for
+the system's own failures (a full disk, a permission), the ``OSError`` itself with its path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+# The files a run directory's store owns (attnbench.store): no other command may write them.
+STORE_OWNED = ("meta.json", "results.jsonl", ".lock", "checkpoints")
+TEMP_SUFFIX = ".tmp"
+
+
+class UnsafePathError(ValueError):
+    """A path attnbench will not read or write, and why (the message names it)."""
+
+
+def kind_of(mode: int) -> str:
+    """What a file is, in words (for messages)."""
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _refuse_unless_regular(path: Path, mode: int, doing: str) -> None:
+    if not stat.S_ISREG(mode):
+        extra = ""
+        if stat.S_ISLNK(mode):
+            extra = f" (to {os.readlink(path)}); attnbench never writes through a link"
+        raise UnsafePathError(f"{path}: is {kind_of(mode)}{extra}, so it cannot {doing}; "
+                              "remove it or choose another path")
+
+
+def check_writable_target(path: str | os.PathLike) -> None:
+    """Refuse a target that exists and is not a regular file (a link, a directory, ...)."""
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    _refuse_unless_regular(path, mode, "be written")
+
+
+def is_temp_name(name: str) -> bool:
+    """A temporary file :func:`write_atomic` leaves only when it is killed."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Replace ``path`` with ``data`` (text is written as UTF-8; a character the file-system
+    encoding could not decode is kept as a backslash escape), atomically. Returns the path."""
+    path = Path(path)
+    check_writable_target(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8", errors="backslashreplace")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=TEMP_SUFFIX,
+                               dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # a link planted meanwhile is replaced, never followed
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_text(path: str | os.PathLike, newline: str | None = None) -> Iterator:
+    """A text file object whose content replaces ``path`` atomically when the block ends
+    without an error (for writers such as ``csv``); nothing changes otherwise."""
+    import io
+
+    buffer = io.StringIO(newline=newline)
+    yield buffer
+    write_atomic(path, buffer.getvalue())
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return  # not every file system lets a directory be opened; the rename is done
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _open_nofollow(path: Path, flags: int, doing: str) -> int:
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            raise exc from None
+        _refuse_unless_regular(path, mode, doing)
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        _refuse_unless_regular(path, mode, doing)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def open_append(path: str | os.PathLike, binary: bool = False):
+    """``path`` opened for appending (created if missing), never through a link."""
+    fd = _open_nofollow(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, "be appended to")
+    return os.fdopen(fd, "ab") if binary else os.fdopen(fd, "a", encoding="utf-8")
+
+
+def open_lock(path: str | os.PathLike):
+    """``path`` opened for reading and writing (created if missing), never through a link."""
+    fd = _open_nofollow(Path(path), os.O_RDWR | os.O_CREAT, "be a lock file")
+    return os.fdopen(fd, "r+", encoding="utf-8")
+
+
+def open_regular(path: str | os.PathLike):
+    """``path`` opened for binary reading: a regular file (links followed), never a FIFO or
+    a device (opened without blocking, so a FIFO cannot hang the reader)."""
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UnsafePathError(f"{path}: is {kind_of(mode)}, not a regular file; attnbench "
+                              "reads regular files only")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_bytes(path: str | os.PathLike, limit: int, what: str = "file") -> bytes:
+    """The whole of a regular file of at most ``limit`` bytes (see :func:`open_regular`)."""
+    with open_regular(path) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UnsafePathError(f"{path}: larger than the {limit / 2**20:g} MiB a {what} may "
+                              "be; is it the file you meant?")
+    return data
+
+
+def read_text(path: str | os.PathLike, limit: int, what: str = "file") -> str:
+    """:func:`read_bytes` decoded as UTF-8 (a UnicodeDecodeError for anything else)."""
+    return read_bytes(path, limit, what).decode("utf-8")
+
+
+def cannot_create_in(directory: str | os.PathLike) -> str | None:
+    """Why a file cannot be created in ``directory`` (None when it can): tried, not guessed
+    from permission bits (root, read-only mounts and ACLs decide otherwise)."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+# --------------------------------------------------------------------------------------------
+# The input/output path check
+# --------------------------------------------------------------------------------------------
+
+
+def _run_dir_of(path: Path) -> Path | None:
+    """The run directory ``path`` is, or the one holding it when it is a store file."""
+    if path.is_dir():
+        return path if (path / "meta.json").is_file() else None
+    if path.name in ("meta.json", "results.jsonl"):
+        return path.parent
+    return None
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def check_outputs(outputs: Iterable[tuple[str, str | os.PathLike]],
+                  inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse (UnsafePathError) an output that would replace an input or a run's own files.
+
+    ``outputs``: (option, path) for each file the command will write, e.g. ``("--csv",
+    "out.csv")``; ``inputs``: the run directories and files it reads. Refused: an output that
+    is not a regular file (a link, a directory, a FIFO), one that is an input file or another
+    output, a store file (:data:`STORE_OWNED`) of any run, and any file inside a run directory
+    that is not one of the inputs (it would belong to, or be taken for part of, another run).
+    """
+    inputs = [Path(p) for p in inputs]
+    input_files, input_runs = [], []
+    for path in inputs:
+        run = _run_dir_of(path)
+        if run is not None:
+            input_runs.append(run)
+            input_files += [run / "meta.json", run / "results.jsonl"]
+        if path.is_file():
+            input_files.append(path)
+    seen: list[tuple[str, Path]] = []
+    for option, raw in outputs:
+        path = Path(raw)
+        where = f"{option} {path}"
+        check_writable_target(path)
+        for other in input_files:
+            if other.exists() and path.exists() and _same(path, other):
+                raise UnsafePathError(f"{where}: is {other}, an input of this command; "
+                                      "writing it would destroy what is read")
+        for other_option, other in seen:
+            if path.resolve() == other.resolve() or (
+                    path.exists() and other.exists() and _same(path, other)):
+                raise UnsafePathError(f"{where}: is also {other_option}'s output; give each "
+                                      "output its own path")
+        parent = path.parent
+        if (parent / "meta.json").is_file():
+            if path.name in STORE_OWNED:
+                raise UnsafePathError(f"{where}: is {path.name} of the run in {parent}, "
+                                      "which only attnbench run writes")
+            if not any(_same(parent, run) for run in input_runs):
+                raise UnsafePathError(f"{where}: is inside {parent}, the directory of another "
+                                      "run (not one this command reads); choose a path outside "
+                                      "it")
+        seen.append((option, path))
+
+
+def check_output_dir(option: str, directory: str | os.PathLike,
+                     inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse an output directory that is another run's directory (one not in ``inputs``),
+    or a path that exists and is not a directory."""
+    directory = Path(directory)
+    try:
+        mode = os.stat(directory).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        raise UnsafePathError(f"{option} {directory}: exists and is {kind_of(mode)}, not a "
+                              "directory")
+    if (directory / "meta.json").is_file() and not any(
+            (run := _run_dir_of(Path(p))) is not None and _same(run, directory)
+            for p in inputs):
+        raise UnsafePathError(f"{option} {directory}: is the directory of another run (not "
+                              "one this command reads); its report would describe other runs")
