@@ -13,6 +13,7 @@ Nothing here imports torch or jax; :func:`attnbench.measure.environment.capture`
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,45 @@ class Environment:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def machine(self) -> dict[str, Any]:
+        """The parts of this environment that decide how fast a case runs, each present only
+        where recorded (and of the right type; a hand-edited ``meta.json`` may hold anything):
+
+        * ``cpu``: the CPU model; ``cpu_count``: the machine's CPUs (not this process's
+          affinity: a case records the threads it used);
+        * ``memory_total_gib``: total memory rounded to whole GiB (the kernel's reserve
+          differs by some MiB between machines of one type);
+        * ``gpus``: the GPU names, in NVML's index order (not UUIDs or the driver);
+        * ``torch``, ``jax``, ``jaxlib``: the versions ``packages`` records (not installed:
+          absent).
+
+        Not the hostname (CI runners of one type differ only by it), the Python, the
+        settings or the commit: two runs whose shared parts are equal measured on the same
+        kind of machine. ``attnbench compare`` refuses to judge across a difference (unless
+        asked to); kept as separate parts, not a hash, so a difference can be named, and a
+        history of runs can key on it.
+        """
+        parts: dict[str, Any] = {}
+        if isinstance(self.cpu, str) and self.cpu:
+            parts["cpu"] = self.cpu
+        if isinstance(self.cpu_count, int) and not isinstance(self.cpu_count, bool):
+            parts["cpu_count"] = self.cpu_count
+        memory = self.memory_total_mb
+        if (isinstance(memory, int | float) and not isinstance(memory, bool)
+                and math.isfinite(memory)):
+            parts["memory_total_gib"] = round(memory / 1024)
+        if isinstance(self.gpu, list):
+            parts["gpus"] = [str(d.get("name")) for d in self.gpu if isinstance(d, dict)]
+        packages = self.packages if isinstance(self.packages, dict) else {}
+        for name in MACHINE_PACKAGES:
+            if isinstance(packages.get(name), str):
+                parts[name] = packages[name]
+        return parts
+
+
+# The packages whose versions are part of Environment.machine(): the frameworks that run cases.
+MACHINE_PACKAGES = ("torch", "jax", "jaxlib")
 
 
 @dataclass(frozen=True)
