@@ -12,9 +12,14 @@ the claim transfers across machines), e.g.::
 key it names equals the row's case field (a key that is not a case field is looked up in the
 case's ``options``). Each selector must match exactly one row and that row must be ``ok``;
 otherwise the contract fails with a message saying what was missing, ambiguous or not ok (an
-OOM'd numerator is a violation, its status named). The suite parser validates the syntax;
-this module only evaluates; ``attnbench check`` (:mod:`attnbench.contracts`) and the report's
-contracts table both use it.
+OOM'd numerator is a violation, its status named). Both values must be finite and positive: a
+NaN, infinite, zero or negative numerator or denominator fails the contract, the message
+naming the value (the row schema refuses such values; this is the second line of defence, as
+an infinite denominator would pass any ``max_ratio``). The suite parser validates the syntax;
+a contract read back from ``meta.json`` (which anyone can edit) is checked again here against
+the same rules (a metric name, bounds positive finite numbers), and one that breaks them
+fails, naming the field. ``attnbench check`` (:mod:`attnbench.contracts`) and the report's
+contracts table both use this module.
 """
 
 from __future__ import annotations
@@ -45,10 +50,22 @@ class ContractResult:
     def bound(self) -> str:
         parts = []
         if self.min_ratio is not None:
-            parts.append(f">= {self.min_ratio:g}")
+            parts.append(f">= {_show(self.min_ratio)}")
         if self.max_ratio is not None:
-            parts.append(f"<= {self.max_ratio:g}")
+            parts.append(f"<= {_show(self.max_ratio)}")
         return " and ".join(parts) or "(no bound)"
+
+
+def _show(value: Any) -> str:
+    return format(value, "g") if _is_number(value) else repr(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive_finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value) and value > 0
 
 
 class _SelectionFailed(Exception):
@@ -95,9 +112,24 @@ def _select(rows: list[dict[str, Any]], selector: dict[str, Any], role: str) -> 
 
 def _metric_value(row: dict[str, Any], metric: str, role: str) -> float:
     value = row_metrics(row).get(metric)
-    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+    if value is None:
         raise _SelectionFailed(f"{role} {row_label(row)} has no {metric}")
+    if not _positive_finite(value):
+        raise _SelectionFailed(f"{role} {row_label(row)} has {metric} = {value!r}: not a "
+                               "finite positive number, so no ratio of it can pass")
     return float(value)
+
+
+def _contract_problem(contract: dict[str, Any]) -> str | None:
+    """What breaks the suite parser's rules in a contract read back from meta.json."""
+    metric = contract.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        return f"metric {metric!r} must be a metric name (a string)"
+    for bound in ("max_ratio", "min_ratio"):
+        value = contract.get(bound)
+        if value is not None and not _positive_finite(value):
+            return f"{bound} {value!r} must be a positive finite number"
+    return None
 
 
 def evaluate_contract(rows: list[dict[str, Any]], contract: dict[str, Any]) -> ContractResult:
@@ -109,17 +141,23 @@ def evaluate_contract(rows: list[dict[str, Any]], contract: dict[str, Any]) -> C
     if max_ratio is None and min_ratio is None:
         return ContractResult(passed=False, message="neither max_ratio nor min_ratio given",
                               **common)
+    problem = _contract_problem(contract)
+    if problem:
+        return ContractResult(passed=False, message=f"not a valid contract: {problem}",
+                              **common)
     try:
         num_row = _select(rows, contract.get("numerator"), "numerator")
         den_row = _select(rows, contract.get("denominator"), "denominator")
         num_label, den_label = row_label(num_row), row_label(den_row)
         num = _metric_value(num_row, metric, "numerator")
         den = _metric_value(den_row, metric, "denominator")
-        if den == 0:
-            raise _SelectionFailed(f"denominator {den_label} has {metric} = 0")
     except _SelectionFailed as failed:
         return ContractResult(passed=False, message=str(failed), **common)
     ratio = num / den
+    if not _positive_finite(ratio):  # over- or underflow of two extreme values
+        return ContractResult(passed=False, message=(
+            f"{metric}: {num_label} {num!r} / {den_label} {den!r} = {ratio!r}: not a finite "
+            "positive ratio"), **common)
     passed = ((max_ratio is None or ratio <= max_ratio)
               and (min_ratio is None or ratio >= min_ratio))
     result = ContractResult(passed=passed, message="", ratio=ratio, numerator_value=num,
