@@ -41,9 +41,10 @@ class UnsafePathError(ValueError):
 
 def kind_of(mode: int) -> str:
     """What a file is, in words (for messages)."""
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
-                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return name
     return "not a regular file"
@@ -83,6 +84,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=TEMP_SUFFIX,
                                dir=path.parent)
     try:
+        os.fchmod(fd, _mode_for(path))  # mkstemp's 0600 would hide a report from its readers
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -94,6 +96,16 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """The replaced file's permissions, or a new file's (0666 less the umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -166,12 +178,15 @@ def open_regular(path: str | os.PathLike):
 
 def read_bytes(path: str | os.PathLike, limit: int, what: str = "file") -> bytes:
     """The whole of a regular file of at most ``limit`` bytes (see :func:`open_regular`)."""
+    chunks, total = [], 0
     with open_regular(path) as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise UnsafePathError(f"{path}: larger than the {limit / 2**20:g} MiB a {what} may "
-                              "be; is it the file you meant?")
-    return data
+        while chunk := f.read(1 << 20):  # by chunks: read(limit) would allocate the limit
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise UnsafePathError(f"{path}: larger than the {limit / 2**20:g} MiB a "
+                                      f"{what} may be; is it the file you meant?")
+    return b"".join(chunks)
 
 
 def read_text(path: str | os.PathLike, limit: int, what: str = "file") -> str:

@@ -94,14 +94,26 @@ class RunStore:
         return self.path / RESULTS_FILE
 
     def exists(self) -> bool:
-        return self.meta_path.is_file()
+        """Whether the directory holds a ``meta.json`` (of any kind: reading it says what is
+        wrong with one that is not a regular file)."""
+        return self.meta_path.exists()
 
     def check_usable(self) -> None:
         """Refuse a directory that is not ours to write: one holding files of something else,
-        or rows whose ``meta.json`` is gone (a new meta would claim them for another run)."""
+        rows whose ``meta.json`` is gone (a new meta would claim them for another run), or a
+        run file that is a symbolic link (a write would land where it points)."""
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path}: exists and is not a directory; choose another --out")
-        if not self.path.is_dir() or self.exists():
+        if not self.path.is_dir():
+            return
+        links = sorted(name for name in RUN_FILES if (self.path / name).is_symlink())
+        if links:  # a run writes each of these; none may lead it outside its directory
+            raise StoreError(f"{self.path}: {', '.join(links)} "
+                             f"{'is a symbolic link' if len(links) == 1 else 'are symbolic links'}"
+                             f" (to {os.readlink(self.path / links[0])}); attnbench never "
+                             "writes through a link: replace it with the file, or choose "
+                             "another --out")
+        if self.exists():
             return
         if self.results_path.exists():
             raise StoreError(f"{self.path}: holds {RESULTS_FILE} but no {META_FILE}, so whose "

@@ -12,6 +12,7 @@ into the frozen specs both frameworks build from, so torch and JAX measure the s
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -116,7 +117,9 @@ def load_plugin(ref: str) -> None:
                              "module name)")
         if not path.is_file():
             raise FileNotFoundError(f"plugin file not found: {ref!r}")
-        name = f"_attnbench_plugin_{path.stem}"
+        # keyed by the whole path: two plugins named plugin.py in two folders both load
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+        name = f"_attnbench_plugin_{path.stem}_{digest}"
         if name in sys.modules:
             return
         spec = importlib.util.spec_from_file_location(name, path)
