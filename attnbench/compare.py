@@ -62,6 +62,7 @@ from attnbench.runs import (
     row_metrics,
     unreadable_summary,
 )
+from attnbench.safeio import check_outputs, write_atomic
 from attnbench.units import format_seconds
 
 REGRESSION, IMPROVEMENT, UNCHANGED = "regression", "improvement", "unchanged"
@@ -498,6 +499,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         base, head = load_source(args.base), load_source(args.head)
+        if args.output:  # before anything is printed: -o never replaces a run's file
+            check_outputs([("-o", args.output)], [args.base, args.head])
     except ValueError as exc:
         _error(str(exc))
         return 2
@@ -524,8 +527,7 @@ def run(args: argparse.Namespace) -> int:
     print(text, end="")
     if args.output:
         try:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text)
+            write_atomic(args.output, text)
         except OSError as exc:
             _error(f"cannot write -o {args.output}: {exc.strerror or exc} (the table is above)")
             return 2
