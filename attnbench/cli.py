@@ -8,6 +8,8 @@
   compare     compare two runs case by case; non-zero exit on a regression
   check       evaluate a run's same-run contracts; non-zero exit on a violation
   kernels     compile the fused GPU kernels for a GPU target (no GPU needed): registers, spills
+  history     add runs to the performance history; find and confirm steps over commits
+  publish     the history as a static site
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ COMMANDS = {
     "compare": ("attnbench.compare", "compare two runs"),
     "check": ("attnbench.contracts", "check a run's same-run contracts"),
     "kernels": ("attnbench.kernels.command", "compile the fused kernels for a GPU target"),
+    "history": ("attnbench.history.command", "the performance history over commits"),
+    "publish": ("attnbench.history.publish_command", "the history as a static site"),
 }
 
 

@@ -40,6 +40,7 @@ class GitInfo:
 
     sha: str | None = None
     dirty: bool | None = None   # uncommitted changes to tracked files
+    committed_at: str | None = None   # the commit's date (ISO 8601): orders a history
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "git") -> GitInfo:

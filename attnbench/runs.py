@@ -181,7 +181,8 @@ def _from_pytest_benchmark(path: Path, data: dict[str, Any]) -> Source:
         cpu=cpu.get("brand_raw") if isinstance(cpu, dict) else cpu,
         cpu_count=cpu.get("count") if isinstance(cpu, dict) else None,
         packages={"pytest-benchmark": data.get("version")},
-        git=GitInfo(sha=commit.get("id"), dirty=commit.get("dirty")))
+        git=GitInfo(sha=commit.get("id"), dirty=commit.get("dirty"),
+                    committed_at=commit.get("time")))
     meta = RunMeta(run_id=path.stem, started_at=data.get("datetime"),
                    suite=SuiteInfo(name=f"pytest-benchmark {path.name}",
                                    description="pytest-benchmark JSON output"),

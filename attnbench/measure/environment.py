@@ -78,7 +78,10 @@ def git_commit(cwd: str | os.PathLike | None = None) -> GitInfo:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                cwd=root, capture_output=True, text=True, timeout=10,
                                check=True).stdout.strip() != ""
-        return GitInfo(sha=sha, dirty=dirty)
+        committed_at = subprocess.run(["git", "show", "-s", "--format=%cI", "HEAD"], cwd=root,
+                                      capture_output=True, text=True, timeout=10,
+                                      check=True).stdout.strip() or None
+        return GitInfo(sha=sha, dirty=dirty, committed_at=committed_at)
     except (OSError, subprocess.SubprocessError):
         return GitInfo()
 
