@@ -194,7 +194,7 @@ def add_source(conn: sqlite3.Connection, source: Source) -> str:
         if old is not None and old[1] == digest:
             return "unchanged"
         machine_id = _machine_id(conn, fingerprint, parts)
-        fields = (digest, source.run_id, source.kind, str(source.path),
+        fields = (digest, source.run_id, source.kind, str(Path(source.path).resolve()),
                   git.sha if git else None, None if not git or git.dirty is None else
                   int(git.dirty), _text(git.committed_at if git else None),
                   _text(source.meta.started_at), machine_id, source.suite.name, _now())

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     except (HistoryError, UnsafePathError) as exc:
         print(f"attnbench publish: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.output}: {len(result.written)} page(s) written, {len(result.unchanged)} "
-          "unchanged", file=sys.stderr)
+    removed = f", {len(result.removed)} stale removed" if result.removed else ""
+    print(f"{args.output}: {len(result.written)} file(s) written, {len(result.unchanged)} "
+          f"unchanged{removed}", file=sys.stderr)
     return 0
