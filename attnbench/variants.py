@@ -58,6 +58,71 @@ class Variant:
         return MODEL_MODES
 
 
+@dataclass(frozen=True)
+class Attention:
+    """An attention function registered by name (:func:`register_attention`): the contract a
+    researcher's own attention follows to be measured in every mode beside the built-ins.
+
+    ``torch(q, k, v, *, causal, generator)`` and ``jax(q, k, v, *, causal, key)`` take
+    ``q, k: [batch, heads, length, d_head]`` and ``v: [batch, heads, length, d_v]`` and return
+    ``out`` shaped, typed and placed like ``v``. Randomness comes only from ``generator`` (a
+    ``torch.Generator`` or None) or ``key`` (a ``jax.Array`` key or None), so a case is
+    reproducible and the reversible stack can replay it. With ``shared_qk`` the function is
+    given ``k = q`` (the Reformer's shared query-key projection). A function may also take
+    keyword-only parameters named after case fields (``chunk_len``, ``n_hashes``,
+    ``n_buckets``, ``seed``): the harness passes those from the case.
+    """
+
+    name: str
+    summary: str
+    torch: Callable | None = None
+    jax: Callable | None = None
+    shared_qk: bool = False
+
+    @property
+    def frameworks(self) -> tuple[str, ...]:
+        return tuple(f for f in ("torch", "jax") if getattr(self, f) is not None)
+
+    def function(self, framework: str) -> Callable:
+        fn = getattr(self, framework, None) if framework in ("torch", "jax") else None
+        if fn is None:
+            raise ValueError(f"attention {self.name!r} has no {framework} function (it has "
+                             f"{', '.join(self.frameworks)})")
+        return fn
+
+
+# Every registered attention function, by name (the built-in ``local`` and plugins').
+ATTENTIONS: dict[str, Attention] = {}
+
+
+def register_attention(name: str, *, summary: str, torch: Callable | None = None,
+                       jax: Callable | None = None, shared_qk: bool = False) -> Attention:
+    """Register an attention function under ``name`` (see :class:`Attention`), for one
+    framework or both. Registering the same functions again is a no-op; another attention
+    under a name already taken is an error."""
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_.+"
+                                                        for c in name):
+        raise ValueError(f"register_attention: name {name!r}: a non-empty name of letters, "
+                         "digits and - _ . +")
+    if not isinstance(summary, str) or not summary.strip():
+        raise ValueError(f"register_attention({name!r}): summary must be a non-empty string")
+    for framework, fn in (("torch", torch), ("jax", jax)):
+        if fn is not None and not callable(fn):
+            raise ValueError(f"register_attention({name!r}): {framework}={fn!r} is not "
+                             "callable")
+    if torch is None and jax is None:
+        raise ValueError(f"register_attention({name!r}): give a torch or a jax function "
+                         "(or both)")
+    attention = Attention(name, summary, torch, jax, bool(shared_qk))
+    known = ATTENTIONS.get(name)
+    if known is not None and known != attention:
+        raise ValueError(f"attention {name!r} is already registered")
+    if known is None and name in VARIANTS:
+        raise ValueError(f"register_attention({name!r}): the name of a variant already")
+    ATTENTIONS[name] = attention
+    return attention
+
+
 def _layer(name, summary, attention, impl="naive"):
     return Variant(name, summary, "layer", attention, impl)
 
