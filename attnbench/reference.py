@@ -92,6 +92,40 @@ def full_attention_vjp(q, k, v, d_out, *, causal):
 
 
 # --------------------------------------------------------------------------------------------
+# Local (blocked sliding-window) attention
+# --------------------------------------------------------------------------------------------
+
+
+def local_window(length, chunk_len):
+    """bool [length, length]: key j is in query i's window, i.e. j's chunk is i's own chunk or
+    the one before it (chunks of ``chunk_len`` positions; the first chunk has none before it,
+    no wrap-around)."""
+    if length % chunk_len:
+        raise ValueError(f"length={length}: must be a multiple of chunk_len={chunk_len}")
+    chunk = np.arange(length) // chunk_len
+    behind = chunk[:, None] - chunk[None, :]
+    return (behind == 0) | (behind == 1)
+
+
+def local_attention(q, k, v, *, causal, chunk_len):
+    """Exact softmax(Q K^T / sqrt(d)) V restricted to :func:`local_window` (keys outside it
+    removed), causally masked by MASK_VALUE on top. A query always sees itself, so no row is
+    empty. A second route to the chunked implementations: one dense L x L softmax."""
+    window = local_window(q.shape[-2], chunk_len).astype(np.float64)
+    out, _ = _attend(q, k, v, scale=1 / math.sqrt(q.shape[-1]), counts=window, causal=causal,
+                     self_mask=False)
+    return out
+
+
+def local_attention_vjp(q, k, v, d_out, *, causal, chunk_len):
+    """Returns (d_q, d_k, d_v) of :func:`local_attention` (the window is a constant)."""
+    scale = 1 / math.sqrt(q.shape[-1])
+    window = local_window(q.shape[-2], chunk_len).astype(np.float64)
+    _, saved = _attend(q, k, v, scale=scale, counts=window, causal=causal, self_mask=False)
+    return _attend_vjp(q, k, v, saved, d_out, scale=scale)
+
+
+# --------------------------------------------------------------------------------------------
 # Shared-QK attention and the key normalisation
 # --------------------------------------------------------------------------------------------
 

@@ -1,0 +1,79 @@
+"""Local attention: blocked sliding-window attention, the baseline LSH attention must beat.
+
+The length is cut into chunks of ``chunk_len`` positions; each query attends, with exact
+softmax attention, to the keys of its own chunk and of the chunk before it (the first chunk has
+none before it: no wrap-around), and under ``causal`` only to keys at or before its position.
+If LSH does no better than this window, locality and not hashing is doing the work.
+
+Reads top to bottom as the algorithm, in the order of the torch file: reshape into chunks,
+concatenate each chunk's keys and values with the previous chunk's, one batched matmul per
+chunk, masks by replacement (MASK_VALUE, as every attention: docs/architecture.md §2), softmax,
+one batched matmul with the values. Logits and probabilities are [B, H, n_chunks, C, 2C]:
+memory O(L * 2C), never the L x L matrix. Shapes: q, k [B, H, L, dh], v [B, H, L, dv]. Logits,
+masks and softmax run in float32, or float64 for float64 inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from attnbench.jax_impl.common import MASK_VALUE, check_qkv, einsum, logits_dtype
+
+
+def check_local_args(length: int, chunk_len) -> None:
+    """ValueError naming the value and the rule: ``chunk_len`` a positive int dividing the
+    length (the same text as the torch check)."""
+    if isinstance(chunk_len, bool) or not isinstance(chunk_len, int) or chunk_len < 1:
+        raise ValueError(f"chunk_len={chunk_len!r}: must be an int >= 1")
+    if length % chunk_len:
+        raise ValueError(f"length={length}: must be a multiple of chunk_len={chunk_len} "
+                         "(local attention cuts the length into whole chunks)")
+
+
+def split_chunks(x, chunk_len: int):
+    """[B, H, L, d] -> [B, H, n_chunks, chunk_len, d]."""
+    batch, heads, length, d = x.shape
+    return x.reshape(batch, heads, length // chunk_len, chunk_len, d)
+
+
+def look_one_back(x):
+    """[B, H, n, C, d] -> [B, H, n, 2C, d]: each chunk after the chunk before it (zeros before
+    the first chunk; :func:`window_mask` removes them)."""
+    before = jnp.concatenate([jnp.zeros_like(x[:, :, :1]), x[:, :, :-1]], axis=2)
+    return jnp.concatenate([before, x], axis=3)
+
+
+def window_mask(n_chunks: int, chunk_len: int, *, causal: bool):
+    """bool [n, C, 2C], True where a logit is replaced: query i of chunk c sees window slot s,
+    the key at position ``(c - 1) * C + s``; slots before position 0 (the first chunk's) are
+    masked, and under ``causal`` the keys after the query (``s - C > i``)."""
+    query = jnp.arange(chunk_len)[:, None]
+    slot = jnp.arange(2 * chunk_len)[None, :]
+    chunk = jnp.arange(n_chunks)[:, None, None]
+    masked = (chunk == 0) & (slot < chunk_len)
+    if causal:
+        masked = masked | (slot - chunk_len > query)
+    return masked
+
+
+def local_attention(q, k, v, *, causal: bool, key=None, chunk_len: int = 64):
+    """Blocked sliding-window attention: softmax(Q K^T / sqrt(d_head)) V over each query's own
+    chunk and the one before it. ``key`` is accepted for the attention contract
+    (``attnbench.variants.Attention``) and unused: the function is deterministic. Returns
+    [B, H, L, dv] in ``v``'s dtype."""
+    check_qkv({"q": q, "k": k}, same_d=True)
+    check_qkv({"q": q, "v": v}, same_d=False)
+    batch, heads, length, d_head = q.shape
+    check_local_args(length, chunk_len)
+    n_chunks = length // chunk_len
+    dtype = logits_dtype(q)
+    cq = split_chunks(q.astype(dtype), chunk_len)  # (B, H, n, C, dh)
+    ck = look_one_back(split_chunks(k.astype(dtype), chunk_len))  # (B, H, n, 2C, dh)
+    cv = look_one_back(split_chunks(v, chunk_len))  # (B, H, n, 2C, dv)
+    logits = einsum("bhnid,bhnjd->bhnij", cq, ck) / math.sqrt(d_head)  # (B, H, n, C, 2C)
+    logits = jnp.where(window_mask(n_chunks, chunk_len, causal=causal), MASK_VALUE, logits)
+    out = einsum("bhnij,bhnjd->bhnid", jax.nn.softmax(logits, -1).astype(v.dtype), cv)
+    return out.reshape(batch, heads, length, v.shape[-1])  # (B, H, L, dv)
