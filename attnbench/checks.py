@@ -53,3 +53,12 @@ def check_lsh_args(qk_shape: Shape, *, n_buckets, n_hashes, chunk_len, n_chunks_
         if tuple(buckets_shape) != expected:
             raise ValueError(f"buckets.shape={tuple(buckets_shape)}: must be [batch, heads, "
                              f"n_hashes, length] = {expected}")
+
+
+def check_local_args(length: int, chunk_len) -> None:
+    """Local attention's window: ``chunk_len`` a positive int dividing the length."""
+    if isinstance(chunk_len, bool) or not isinstance(chunk_len, int) or chunk_len < 1:
+        raise ValueError(f"chunk_len={chunk_len!r}: must be an int >= 1")
+    if length % chunk_len:
+        raise ValueError(f"length={length}: must be a multiple of chunk_len={chunk_len} "
+                         "(local attention cuts the length into whole chunks)")

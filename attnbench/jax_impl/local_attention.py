@@ -20,17 +20,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from attnbench.checks import check_local_args
 from attnbench.jax_impl.common import MASK_VALUE, check_qkv, einsum, logits_dtype
-
-
-def check_local_args(length: int, chunk_len) -> None:
-    """ValueError naming the value and the rule: ``chunk_len`` a positive int dividing the
-    length (the same text as the torch check)."""
-    if isinstance(chunk_len, bool) or not isinstance(chunk_len, int) or chunk_len < 1:
-        raise ValueError(f"chunk_len={chunk_len!r}: must be an int >= 1")
-    if length % chunk_len:
-        raise ValueError(f"length={length}: must be a multiple of chunk_len={chunk_len} "
-                         "(local attention cuts the length into whole chunks)")
 
 
 def split_chunks(x, chunk_len: int):

@@ -19,17 +19,8 @@ import math
 
 import torch
 
+from attnbench.checks import check_local_args
 from attnbench.torch_impl.common import MASK_VALUE, check_qkv, logits_dtype
-
-
-def check_local_args(length: int, chunk_len) -> None:
-    """ValueError naming the value and the rule: ``chunk_len`` a positive int dividing the
-    length (the same text as the JAX check)."""
-    if isinstance(chunk_len, bool) or not isinstance(chunk_len, int) or chunk_len < 1:
-        raise ValueError(f"chunk_len={chunk_len!r}: must be an int >= 1")
-    if length % chunk_len:
-        raise ValueError(f"length={length}: must be a multiple of chunk_len={chunk_len} "
-                         "(local attention cuts the length into whole chunks)")
 
 
 def split_chunks(x: torch.Tensor, chunk_len: int) -> torch.Tensor:
