@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-ATTENTION_KINDS = ("full", "shared_qk", "lsh")
+ATTENTION_KINDS = ("full", "shared_qk", "lsh", "custom")
 FULL_IMPLS = ("naive", "fused")
 ACTIVATIONS = ("relu", "gelu")
 POSITION_KINDS = ("learned", "axial", "none")
@@ -70,8 +70,9 @@ class AttentionSpec:
     """One self-attention layer.
 
     kind: ``full`` (separate Q and K, softmax(QK^T/sqrt(d))V), ``shared_qk`` (exact attention
-    with the Reformer's shared, normalised keys and self-mask) or ``lsh`` (the Reformer's
-    locality-sensitive-hashing approximation of ``shared_qk``).
+    with the Reformer's shared, normalised keys and self-mask), ``lsh`` (the Reformer's
+    locality-sensitive-hashing approximation of ``shared_qk``) or ``custom`` (a function
+    registered with :func:`attnbench.variants.register_attention`, named by ``custom``).
     impl: for ``full`` only, ``naive`` (materialised L x L matrix) or ``fused`` (the framework's
     fused kernel).
     n_buckets: ``None`` means :func:`default_n_buckets` of the call's length.
@@ -90,10 +91,14 @@ class AttentionSpec:
     n_chunks_after: int = 0
     dedup: bool = False
     kernel: str = "auto"
+    custom: str | None = None   # kind "custom": the registered attention's name
 
     def __post_init__(self) -> None:
         owner = "AttentionSpec"
         _check_choice(owner, "kind", self.kind, ATTENTION_KINDS)
+        if (self.kind == "custom") != (isinstance(self.custom, str) and bool(self.custom)):
+            _fail(owner, "custom", self.custom, "the registered attention's name, with kind "
+                  "'custom' only")
         _check_int(owner, "n_heads", self.n_heads, 1)
         if not isinstance(self.causal, bool):
             _fail(owner, "causal", self.causal, "must be a bool")

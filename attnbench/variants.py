@@ -54,7 +54,8 @@ class Variant:
         if self.build is not None:
             return PLUGIN_MODES
         if self.kind == "layer":
-            return LAYER_MODES if self.hashed else ("forward", "forward-backward")
+            return LAYER_MODES if self.hashed or self.attention == "custom" else \
+                ("forward", "forward-backward")
         return MODEL_MODES
 
 
@@ -120,7 +121,110 @@ def register_attention(name: str, *, summary: str, torch: Callable | None = None
     if known is None and name in VARIANTS:
         raise ValueError(f"register_attention({name!r}): the name of a variant already")
     ATTENTIONS[name] = attention
+    VARIANTS[name] = Variant(name, summary, "layer", "custom", frameworks=attention.frameworks)
     return attention
+
+
+def get_attention(name: str) -> Attention:
+    load_installed_attentions()
+    try:
+        return ATTENTIONS[name]
+    except KeyError:
+        raise KeyError(f"unknown attention {name!r}; registered: "
+                       f"{', '.join(ATTENTIONS) or 'none'}") from None
+
+
+# Case fields a registered function may take as keyword-only parameters.
+CASE_KEYWORDS = ("chunk_len", "n_hashes", "n_buckets")
+
+
+def declared_keywords(fn: Callable) -> tuple[str, ...]:
+    """The case fields (:data:`CASE_KEYWORDS`) ``fn`` takes as keyword parameters."""
+    if isinstance(fn, _Lazy):
+        return fn.keywords  # stated at registration: no framework import to find them
+    import inspect
+
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return ()
+    return tuple(name for name in CASE_KEYWORDS if name in parameters)
+
+
+def attention_keywords(attention: Attention) -> tuple[str, ...]:
+    """The case fields any of ``attention``'s functions takes (the suite keeps those)."""
+    names = {n for f in attention.frameworks for n in declared_keywords(attention.function(f))}
+    return tuple(n for n in CASE_KEYWORDS if n in names)
+
+
+def case_keywords(fn: Callable, spec: AttentionSpec) -> dict:
+    """The case fields ``fn`` declares as keyword parameters, from ``spec``."""
+    return {name: getattr(spec, name) for name in declared_keywords(fn)
+            if getattr(spec, name) is not None}
+
+
+class AttentionContractError(ValueError):
+    """A registered attention function returned something other than an output like ``v``."""
+
+
+def check_attention_output(name: str, out, v) -> None:
+    """Refuse an output that is not shaped, typed and placed like ``v``, naming the attention
+    and what it returned (the case becomes an error row; the sweep goes on)."""
+    shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+    wrong = []
+    if shape is None or dtype is None:
+        wrong.append(f"a {type(out).__name__}")
+    else:
+        if tuple(shape) != tuple(v.shape):
+            wrong.append(f"shape {tuple(shape)}")
+        if dtype != v.dtype:
+            wrong.append(f"dtype {dtype}")
+        if hasattr(v, "is_cuda") and getattr(out, "device", None) != v.device:  # torch
+            wrong.append(f"device {out.device}")
+    if wrong:
+        raise AttentionContractError(
+            f"attention {name!r} returned {', '.join(wrong)}; it must return an output like v: "
+            f"shape {tuple(v.shape)}, dtype {v.dtype}")
+
+
+class _Lazy:
+    """A function imported on first call, so registering the built-ins imports no framework."""
+
+    def __init__(self, module: str, name: str, keywords: tuple[str, ...] = ()) -> None:
+        self.module, self.name, self.keywords = module, name, keywords
+
+    def __call__(self, *args, **kwargs):
+        return getattr(importlib.import_module(self.module), self.name)(*args, **kwargs)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Lazy) and (self.module, self.name) == (other.module, other.name)
+
+    def __hash__(self) -> int:
+        return hash((self.module, self.name))
+
+
+ENTRY_POINT_GROUP = "attnbench.attentions"
+_entry_points_loaded = False
+
+
+def load_installed_attentions() -> None:
+    """Load the attentions installed packages register through the ``attnbench.attentions``
+    entry point group: each entry point names a module (importing it registers) or a
+    callable (called with no arguments). Once per process; a failure names the entry point."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry.load()
+            if callable(loaded) and not isinstance(loaded, type(sys)):
+                loaded()
+        except Exception as exc:  # noqa: BLE001 - any failure is the entry point's, named
+            raise ImportError(f"entry point {entry.name!r} ({entry.value}) of group "
+                              f"{ENTRY_POINT_GROUP}: {type(exc).__name__}: {exc}") from exc
 
 
 def _layer(name, summary, attention, impl="naive"):
@@ -201,7 +305,15 @@ def load_plugin(ref: str) -> None:
         importlib.import_module(ref)
 
 
+register_attention(
+    "local", summary="blocked sliding-window attention: each query attends to its own chunk "
+    "and the one before (chunk_len), exact within it; the baseline LSH must beat",
+    torch=_Lazy("attnbench.torch_impl.local_attention", "local_attention", ("chunk_len",)),
+    jax=_Lazy("attnbench.jax_impl.local_attention", "local_attention", ("chunk_len",)))
+
+
 def get_variant(name: str) -> Variant:
+    load_installed_attentions()
     try:
         return VARIANTS[name]
     except KeyError:
@@ -214,6 +326,12 @@ def attention_spec(variant: Variant, case) -> AttentionSpec:
         return AttentionSpec(kind="lsh", n_heads=case.n_heads, causal=case.causal,
                              n_hashes=case.n_hashes, n_buckets=case.n_buckets,
                              chunk_len=case.chunk_len, kernel=case.resolved_kernel or "auto")
+    if variant.attention == "custom":
+        # the case fields a registered function may declare (CASE_KEYWORDS), where set
+        given = {name: getattr(case, name) for name in CASE_KEYWORDS
+                 if getattr(case, name, None) is not None}
+        return AttentionSpec(kind="custom", custom=variant.name, n_heads=case.n_heads,
+                             causal=case.causal, **given)
     return AttentionSpec(kind=variant.attention, n_heads=case.n_heads, causal=case.causal,
                          impl=variant.impl)
 
@@ -232,6 +350,7 @@ def model_spec(variant: Variant, case) -> ModelSpec:
 
 def describe() -> str:
     """The registry as a table for ``attnbench list``."""
+    load_installed_attentions()
     rows = [("name", "kind", "frameworks", "modes", "what")]
     for v in VARIANTS.values():
         rows.append((v.name, v.kind, ",".join(v.frameworks), ",".join(v.modes), v.summary))

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attnbench.jax_impl.common import resolve_device
+from attnbench.jax_impl.custom_attention import custom_self_attention, init_custom_self_attention
 from attnbench.jax_impl.full_attention import (
     full_self_attention,
     fused_kernel,
@@ -44,7 +45,8 @@ from attnbench.variants import Variant, attention_spec, model_spec
 LEARNING_RATE = 1e-4
 _LAYERS = {"full": (init_full_self_attention, full_self_attention),
            "shared_qk": (init_shared_qk_self_attention, shared_qk_self_attention),
-           "lsh": (init_lsh_self_attention, lsh_self_attention)}
+           "lsh": (init_lsh_self_attention, lsh_self_attention),
+           "custom": (init_custom_self_attention, custom_self_attention)}
 
 
 @dataclass

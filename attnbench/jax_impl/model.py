@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from attnbench.jax_impl.chunked_ff import feed_forward, init_feed_forward
 from attnbench.jax_impl.common import derive_key, dropout, layer_norm, linear, uniform_init
+from attnbench.jax_impl.custom_attention import custom_self_attention, init_custom_self_attention
 from attnbench.jax_impl.full_attention import (
     full_self_attention,
     init_full_self_attention,
@@ -24,7 +25,7 @@ from attnbench.jax_impl.reversible import reversible_sequence
 from attnbench.spec import AttentionSpec, ModelSpec
 
 _INIT = {"full": init_full_self_attention, "shared_qk": init_shared_qk_self_attention,
-         "lsh": init_lsh_self_attention}
+         "lsh": init_lsh_self_attention, "custom": init_custom_self_attention}
 _HASH_STREAM, _DROPOUT_STREAM = 0, 1
 
 
@@ -46,7 +47,8 @@ def attention_block(params, x, *, spec: AttentionSpec, dropout_rate: float, key,
     if spec.kind == "full":
         h, buckets = full_self_attention(params["attention"], h, spec=spec), None
     else:
-        apply = lsh_self_attention if spec.kind == "lsh" else shared_qk_self_attention
+        apply = {"lsh": lsh_self_attention, "custom": custom_self_attention}.get(
+            spec.kind, shared_qk_self_attention)
         h, buckets = apply(params["attention"], h, spec=spec, key=derive_key(key, _HASH_STREAM),
                            buckets=buckets, return_buckets=True)
     rate = dropout_rate if train else 0.0

@@ -35,7 +35,13 @@ from attnbench.runner.accuracy_modes import check_options
 from attnbench.runner.case import DEVICES, DTYPES, FRAMEWORKS, MODES, Case
 from attnbench.safeio import UnsafePathError, read_text
 from attnbench.spec import FRAMEWORK_KERNELS, LSH_KERNELS, default_n_buckets, resolve_kernel
-from attnbench.variants import VARIANTS, load_plugin
+from attnbench.variants import (
+    ATTENTIONS,
+    VARIANTS,
+    attention_keywords,
+    load_installed_attentions,
+    load_plugin,
+)
 
 CASE_FIELDS = {f.name: f for f in dataclasses.fields(Case)}
 AXES = tuple(name for name in CASE_FIELDS if name not in ("suite", "plugins"))
@@ -98,6 +104,10 @@ def parse_suite(data: dict, where: str = "<suite>", max_cases: int = MAX_CASES) 
         raise SuiteError(f"{where}: {key}: {rule}")
 
     _check_finite(data, "", fail)
+    try:  # attentions that installed packages register (entry points)
+        load_installed_attentions()
+    except ImportError as exc:
+        fail("plugins", str(exc))
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
         fail(unknown[0], f"unknown key (allowed: {', '.join(sorted(TOP_KEYS))})")
@@ -292,8 +302,15 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
         if not variant.hashed:
             fields["n_hashes"] = None
     else:
-        for name in LSH_DEFAULTS:
-            fields[name] = None
+        # a registered attention keeps the case fields its functions declare (local:
+        # chunk_len), with the LSH defaults; every other LSH field is dropped
+        kept = attention_keywords(ATTENTIONS[variant.name]) \
+            if variant.attention == "custom" else ()
+        for name, default in LSH_DEFAULTS.items():
+            fields[name] = (default if fields.get(name) is None else fields[name]) \
+                if name in kept else None
+        if fields.get("n_buckets") == "auto":
+            fields["n_buckets"] = default_n_buckets(fields["length"], fields["chunk_len"] or 64)
     if variant.kind == "model":
         for name, default in MODEL_DEFAULTS.items():
             if fields.get(name) is None:

@@ -14,12 +14,13 @@ from torch import nn
 from attnbench.spec import AttentionSpec, ModelSpec
 from attnbench.torch_impl.chunked_ff import FeedForward
 from attnbench.torch_impl.common import derive_generator, derive_seed, draw_seeds, dropout
+from attnbench.torch_impl.custom_attention import CustomSelfAttention
 from attnbench.torch_impl.full_attention import FullSelfAttention, SharedQKSelfAttention
 from attnbench.torch_impl.lsh_attention import LSHSelfAttention
 from attnbench.torch_impl.reversible import ReversibleBlock, ReversibleSequence
 
 _ATTENTION = {"full": FullSelfAttention, "shared_qk": SharedQKSelfAttention,
-              "lsh": LSHSelfAttention}
+              "lsh": LSHSelfAttention, "custom": CustomSelfAttention}
 _HASH_STREAM, _DROPOUT_STREAM = 0, 1
 
 
@@ -43,7 +44,7 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, *, seed: int, buckets=None):
         """Returns (output, the buckets used: None for a layer that does not hash)."""
         h = self.norm(x)
-        if isinstance(self.attention, SharedQKSelfAttention):
+        if isinstance(self.attention, SharedQKSelfAttention | CustomSelfAttention):
             h, buckets = self.attention(h, generator=derive_generator(seed, _HASH_STREAM, x.device),
                                         buckets=buckets, return_buckets=True)
         else:
