@@ -73,7 +73,7 @@ def _export(args) -> int:
 
     try:
         source = load_source(args.run_dir)
-        check_outputs([("--csv", args.csv)], [args.run_dir])
+        check_outputs([("--csv", args.csv)], [args.run_dir], own_files=("results.csv",))
     except (SourceError, UnsafePathError) as exc:
         print(f"attnbench export: error: {exc}", file=sys.stderr)
         return 2

@@ -63,6 +63,7 @@ from attnbench.runs import (
     unreadable_summary,
 )
 from attnbench.safeio import check_outputs, write_atomic
+from attnbench.text import markdown_text, plain_text
 from attnbench.units import format_seconds
 
 REGRESSION, IMPROVEMENT, UNCHANGED = "regression", "improvement", "unchanged"
@@ -400,22 +401,6 @@ def _fmt(value: float | None, spec: str) -> str:
 COLUMNS = ("verdict", "case", "status", "time base", "time head", "time ratio", "p",
            "mem base MiB", "mem head MiB", "mem ratio", "why")
 
-# Escaped in Markdown: the backslash first (so an escape cannot be undone), the cell separator,
-# and what would make raw HTML (a case label comes from someone else's run).
-_MARKDOWN_ESCAPES = {"\\": "\\\\", "|": "\\|", "&": "&amp;", "<": "&lt;", ">": "&gt;"}
-
-
-def plain_text(value: Any) -> str:
-    """One line: control characters (line breaks, terminal escapes) become spaces."""
-    return "".join(" " if ord(ch) < 32 or 127 <= ord(ch) < 160 or ch in "\u2028\u2029"
-                   else ch for ch in str(value))
-
-
-def markdown_text(value: Any) -> str:
-    """Text for a Markdown line or table cell: shown as written, never HTML or a new cell."""
-    return "".join(_MARKDOWN_ESCAPES.get(ch, ch) for ch in plain_text(value))
-
-
 def comparison_cells(c: CaseComparison) -> list[str]:
     status = (c.base_status or "-") if c.base_status == c.head_status else \
         f"{c.base_status or '-'} -> {c.head_status or '-'}"
@@ -499,7 +484,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         base, head = load_source(args.base), load_source(args.head)
-        if args.output:  # before anything is printed: -o never replaces a run's file
+        if args.output is not None:  # before anything is printed: never a run's file
             check_outputs([("-o", args.output)], [args.base, args.head])
     except ValueError as exc:
         _error(str(exc))
@@ -525,7 +510,7 @@ def run(args: argparse.Namespace) -> int:
     text = (("\n\n" if args.format == "markdown" else "\n").join(heading) + "\n\n"
             + format_table(shown, args.format) + "\n\n" + summary_line(comparisons) + "\n")
     print(text, end="")
-    if args.output:
+    if args.output is not None:
         try:
             write_atomic(args.output, text)
         except OSError as exc:

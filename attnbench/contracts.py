@@ -12,6 +12,7 @@ import sys
 
 from attnbench.ratios import evaluate_contracts
 from attnbench.runs import load_source, unreadable_summary
+from attnbench.text import plain_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         return 0 if args.allow_no_contracts else 1
     results = evaluate_contracts(source.rows, contracts)
     for result in results:
-        print(f"{'PASS' if result.passed else 'FAIL'}  {result.name}: {result.message}")
+        print(plain_text(f"{'PASS' if result.passed else 'FAIL'}  {result.name}: "
+                         f"{result.message}"))
     failed = sum(not r.passed for r in results)
-    print(f"{source.run_id}: {len(results) - failed} passed, {failed} failed")
+    print(plain_text(f"{source.run_id}: {len(results) - failed} passed, {failed} failed"))
     return 1 if failed else 0

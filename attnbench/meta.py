@@ -34,6 +34,21 @@ def _known(cls, data: Any, where: str) -> dict[str, Any]:
     return data
 
 
+def _typed(data: dict, where: str, types: dict[str, type]) -> None:
+    """Refuse a field of the wrong type (null is always allowed), naming it: a reader that
+    trusts the schema must not meet a number where text belongs."""
+    import math
+
+    for name, kind in types.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            raise MetaError(f"{where}.{name}: {value!r:.80} is not of the schema's type")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MetaError(f"{where}.{name}: {value!r} must be finite")
+
+
 @dataclass(frozen=True)
 class GitInfo:
     """The attnbench checkout a run measured with."""
@@ -44,7 +59,9 @@ class GitInfo:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "git") -> GitInfo:
-        return cls(**_known(cls, data, where))
+        data = _known(cls, data, where)
+        _typed(data, where, {"sha": str, "dirty": bool, "committed_at": str})
+        return cls(**data)
 
     @property
     def short(self) -> str | None:
@@ -77,6 +94,11 @@ class Environment:
     @classmethod
     def from_dict(cls, data: Any, where: str = "environment") -> Environment:
         data = dict(_known(cls, data, where))
+        _typed(data, where, {"python": str, "executable": str, "platform": str,
+                             "hostname": str, "cpu": str, "cpu_count": int,
+                             "cpu_affinity": int, "memory_total_mb": int | float,
+                             "threads": int, "packages": dict, "env_vars": dict,
+                             "gpu": list, "frameworks": dict})
         if "git" in data:
             data["git"] = GitInfo.from_dict(data["git"] or {}, f"{where}.git")
         return cls(**data)

@@ -96,8 +96,9 @@ def load_source(path: str | os.PathLike) -> Source:
         data = json.loads(read_text(path, PYTEST_BENCHMARK_LIMIT, "pytest-benchmark file"))
     except UnsafePathError as exc:
         raise SourceError(str(exc)) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SourceError(f"{path}: not a run directory, and not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # JSON, UTF-8, nesting, a 5,000-digit number
+        raise SourceError(f"{path}: not a run directory, and not JSON "
+                          f"({str(exc)[:200] or type(exc).__name__})") from None
     if is_pytest_benchmark(data):
         return _from_pytest_benchmark(path, data)
     raise SourceError(f"{path}: a JSON file, but not pytest-benchmark output "
@@ -173,17 +174,23 @@ def is_pytest_benchmark(data: Any) -> bool:
 def _from_pytest_benchmark(path: Path, data: dict[str, Any]) -> Source:
     machine = data.get("machine_info") or {}
     commit = data.get("commit_info") or {}
+    for name, value in (("machine_info", machine), ("commit_info", commit)):
+        if not isinstance(value, dict):
+            raise SourceError(f"{path}: {name} must be an object, not {value!r:.80}")
     cpu = machine.get("cpu") or {}
+    text = _text_or_none
+    count = cpu.get("count") if isinstance(cpu, dict) else None
     environment = Environment(
-        python=machine.get("python_version"),
+        python=text(machine.get("python_version")),
         platform=" ".join(str(machine.get(k, "")) for k in ("system", "release")).strip() or None,
-        hostname=machine.get("node"),
-        cpu=cpu.get("brand_raw") if isinstance(cpu, dict) else cpu,
-        cpu_count=cpu.get("count") if isinstance(cpu, dict) else None,
-        packages={"pytest-benchmark": data.get("version")},
-        git=GitInfo(sha=commit.get("id"), dirty=commit.get("dirty"),
-                    committed_at=commit.get("time")))
-    meta = RunMeta(run_id=path.stem, started_at=data.get("datetime"),
+        hostname=text(machine.get("node")),
+        cpu=text(cpu.get("brand_raw") if isinstance(cpu, dict) else cpu),
+        cpu_count=count if isinstance(count, int) and not isinstance(count, bool) else None,
+        packages={"pytest-benchmark": text(data.get("version"))},
+        git=GitInfo(sha=text(commit.get("id")),
+                    dirty=commit.get("dirty") if isinstance(commit.get("dirty"), bool) else None,
+                    committed_at=text(commit.get("time"))))
+    meta = RunMeta(run_id=path.stem, started_at=text(data.get("datetime")),
                    suite=SuiteInfo(name=f"pytest-benchmark {path.name}",
                                    description="pytest-benchmark JSON output"),
                    environment=environment)
@@ -203,10 +210,16 @@ def _from_pytest_benchmark(path: Path, data: dict[str, Any]) -> Source:
                   problems=problems)
 
 
+def _text_or_none(value: Any) -> str | None:
+    """A pytest-benchmark field read as text only when it is text (a hostile file's number
+    or list is left out, never carried into a schema that expects text)."""
+    return value if isinstance(value, str) else None
+
+
 def _pytest_benchmark_row(run_id: str, bench: dict[str, Any]) -> dict[str, Any]:
     params = bench.get("params") if isinstance(bench.get("params"), dict) else {}
     extra = bench.get("extra_info") if isinstance(bench.get("extra_info"), dict) else {}
-    stats = bench.get("stats") or {}
+    stats = bench.get("stats") if isinstance(bench.get("stats"), dict) else {}
     name = str(bench.get("fullname") or bench.get("name"))
     if isinstance(extra.get("case"), dict) and isinstance(extra.get("case_id"), str):
         # attnbench's fixture: the case as the runner would store it, so ids pair.
@@ -229,7 +242,10 @@ def _pytest_benchmark_row(run_id: str, bench: dict[str, Any]) -> dict[str, Any]:
     if isinstance(stats.get("data"), list):
         metrics["time_samples_s"] = stats["data"]
     if metrics.get("time_median_s") and metrics.get("time_iqr_s") is not None:
-        metrics["time_rel_iqr"] = metrics["time_iqr_s"] / metrics["time_median_s"]
+        try:
+            metrics["time_rel_iqr"] = metrics["time_iqr_s"] / metrics["time_median_s"]
+        except (OverflowError, ZeroDivisionError):
+            metrics["time_rel_iqr"] = float("inf")  # the schema refuses the row, naming it
     metrics.update({k: v for k, v in extra.items()
                     if k not in CASE_FIELDS and k not in ("status", "error", *_FIXTURE_CASE_KEYS)})
     return {
@@ -257,6 +273,12 @@ METRIC_COLUMNS = ["time_median_s", "time_iqr_s", "time_rel_iqr", "time_repeats",
                   "warmup_s", "compile_s", "tokens_per_s", "flop_per_s", "mem_peak_mb",
                   "mem_analytic_mb", "mem_method", "approx_out_rel_err", "approx_grad_rel_err",
                   "approx_recall", "task_accuracy"]
+# Columns a metric may not take: what says which row and case it is. (``kernel`` may: the
+# worker records the LSH kernel that ran, which refines the case's asked ``auto``.)
+RESERVED_COLUMNS = frozenset(["run_id", "case_id", "label", "status", "error", "wall_s",
+                              "variant", "framework", "mode", "device", "dtype", "length",
+                              "batch", "d_model", "n_heads", "depth", "causal", "task",
+                              "train_attention"])
 # Always present, in this order, so the CSV's header does not depend on which rows a run has.
 LEADING_COLUMNS = (["run_id", "case_id", "label", *CASE_COLUMNS, "status", "error", "wall_s",
                     *METRIC_COLUMNS])
@@ -269,7 +291,10 @@ def flatten(row: dict[str, Any]) -> dict[str, Any]:
     flat["status"] = row.get("status")
     flat["error"] = row.get("error")
     flat["wall_s"] = row.get("wall_s")
-    flat.update(row_metrics(row))
+    # a metric never replaces a row or case field (a metric "status" would turn an oom
+    # into ok in the CSV and the report); such a metric is kept under metric_<name>
+    for name, value in row_metrics(row).items():
+        flat[f"metric_{name}" if name in RESERVED_COLUMNS else name] = value
     return flat
 
 

@@ -32,6 +32,8 @@ from pathlib import Path
 
 # The files a run directory's store owns (attnbench.store): no other command may write them.
 STORE_OWNED = ("meta.json", "results.jsonl", ".lock", "checkpoints")
+# What a run directory holds besides: only ``run`` and ``report`` write these there.
+DERIVED = ("results.csv", "index.html")
 TEMP_SUFFIX = ".tmp"
 
 
@@ -142,10 +144,15 @@ def _open_nofollow(path: Path, flags: int, doing: str) -> int:
             raise exc from None
         _refuse_unless_regular(path, mode, doing)
         raise
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        _refuse_unless_regular(path, mode, doing)
+        _refuse_unless_regular(path, info.st_mode, doing)
+    if info.st_nlink > 1:  # a hard link: the same file is somewhere else too
+        os.close(fd)
+        raise UnsafePathError(f"{path}: has {info.st_nlink} hard links, so it is also a file "
+                              f"elsewhere and cannot {doing}; attnbench never writes a file "
+                              "linked outside its directory: replace it with a copy")
     os.set_blocking(fd, True)
     return fd
 
@@ -209,6 +216,17 @@ def cannot_create_in(directory: str | os.PathLike) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
+def run_dir_above(path: Path) -> Path | None:
+    """The nearest run directory (one holding ``meta.json``) that ``path`` is inside or is."""
+    for folder in (path, *path.parents):
+        try:
+            if (folder / "meta.json").exists():
+                return folder
+        except OSError:
+            return None
+    return None
+
+
 def _run_dir_of(path: Path) -> Path | None:
     """The run directory ``path`` is, or the one holding it when it is a store file."""
     if path.is_dir():
@@ -226,14 +244,18 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def check_outputs(outputs: Iterable[tuple[str, str | os.PathLike]],
-                  inputs: Iterable[str | os.PathLike] = ()) -> None:
+                  inputs: Iterable[str | os.PathLike] = (), *,
+                  own_files: tuple[str, ...] = ()) -> None:
     """Refuse (UnsafePathError) an output that would replace an input or a run's own files.
 
     ``outputs``: (option, path) for each file the command will write, e.g. ``("--csv",
-    "out.csv")``; ``inputs``: the run directories and files it reads. Refused: an output that
-    is not a regular file (a link, a directory, a FIFO), one that is an input file or another
-    output, a store file (:data:`STORE_OWNED`) of any run, and any file inside a run directory
-    that is not one of the inputs (it would belong to, or be taken for part of, another run).
+    "out.csv")``; ``inputs``: the run directories and files it reads; ``own_files``: the
+    names this command may write directly inside an input run directory (``export``:
+    ``results.csv``; ``report``: that and ``index.html``). Refused: a path with no file name,
+    an output that is not a regular file (a link, a directory, a FIFO), one that is an input
+    file or another output, a store file (:data:`STORE_OWNED`) or a derived file
+    (``results.csv``, ``index.html``) of a run unless ``own_files`` allows it, and any file
+    inside a run directory, at any depth, that is not one of the inputs.
     """
     inputs = [Path(p) for p in inputs]
     input_files, input_runs = [], []
@@ -247,7 +269,9 @@ def check_outputs(outputs: Iterable[tuple[str, str | os.PathLike]],
     seen: list[tuple[str, Path]] = []
     for option, raw in outputs:
         path = Path(raw)
-        where = f"{option} {path}"
+        where = f"{option} {raw!s}"
+        if not str(raw) or not path.name or str(raw).endswith(os.sep):
+            raise UnsafePathError(f"{where!r}: names no file (a file path is needed)")
         check_writable_target(path)
         for other in input_files:
             if other.exists() and path.exists() and _same(path, other):
@@ -258,32 +282,41 @@ def check_outputs(outputs: Iterable[tuple[str, str | os.PathLike]],
                     path.exists() and other.exists() and _same(path, other)):
                 raise UnsafePathError(f"{where}: is also {other_option}'s output; give each "
                                       "output its own path")
-        parent = path.parent
-        if (parent / "meta.json").is_file():
-            if path.name in STORE_OWNED:
-                raise UnsafePathError(f"{where}: is {path.name} of the run in {parent}, "
-                                      "which only attnbench run writes")
-            if not any(_same(parent, run) for run in input_runs):
-                raise UnsafePathError(f"{where}: is inside {parent}, the directory of another "
+        run = run_dir_above(path.parent.resolve())
+        if run is not None:
+            if not any(_same(run, mine) for mine in input_runs):
+                raise UnsafePathError(f"{where}: is inside {run}, the directory of another "
                                       "run (not one this command reads); choose a path outside "
                                       "it")
+            if path.parent.resolve() == run.resolve() and (
+                    path.name in STORE_OWNED or path.name in DERIVED and
+                    path.name not in own_files):
+                raise UnsafePathError(f"{where}: is {path.name} of the run in {run}, which "
+                                      "only attnbench run (and report, for its two files) "
+                                      "writes")
         seen.append((option, path))
 
 
 def check_output_dir(option: str, directory: str | os.PathLike,
                      inputs: Iterable[str | os.PathLike]) -> None:
-    """Refuse an output directory that is another run's directory (one not in ``inputs``),
-    or a path that exists and is not a directory."""
+    """Refuse an output directory inside another run's directory (one not in ``inputs``) or
+    inside a run's directory at all (its report belongs in the run directory itself), or a
+    path that exists and is not a directory."""
     directory = Path(directory)
     try:
         mode = os.stat(directory).st_mode
     except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(mode):
+        mode = None
+    if mode is not None and not stat.S_ISDIR(mode):
         raise UnsafePathError(f"{option} {directory}: exists and is {kind_of(mode)}, not a "
                               "directory")
-    if (directory / "meta.json").is_file() and not any(
-            (run := _run_dir_of(Path(p))) is not None and _same(run, directory)
-            for p in inputs):
-        raise UnsafePathError(f"{option} {directory}: is the directory of another run (not "
-                              "one this command reads); its report would describe other runs")
+    run = run_dir_above(directory.resolve())
+    if run is not None and not any(
+            (mine := _run_dir_of(Path(p))) is not None and _same(mine, run) for p in inputs):
+        raise UnsafePathError(f"{option} {directory}: is inside {run}, the directory of "
+                              "another run (not one this command reads); its report would be "
+                              "taken for that run's")
+    if run is not None and directory.resolve() != run.resolve():
+        raise UnsafePathError(f"{option} {directory}: is a folder inside the run directory "
+                              f"{run}; write the report into the run directory itself or "
+                              "outside it")

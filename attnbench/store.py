@@ -60,6 +60,7 @@ from attnbench.safeio import (
     open_lock,
     open_regular,
     read_text,
+    run_dir_above,
     write_atomic,
 )
 
@@ -104,8 +105,20 @@ class RunStore:
         run file that is a symbolic link (a write would land where it points)."""
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"{self.path}: exists and is not a directory; choose another --out")
+        outer = run_dir_above(self.path.resolve().parent)
+        if outer is not None:
+            raise StoreError(f"{self.path}: is inside {outer}, another run's directory; "
+                             "choose an --out outside it")
         if not self.path.is_dir():
             return
+        linked = sorted(name for name in RUN_FILES if (self.path / name).is_file()
+                        and not (self.path / name).is_symlink()
+                        and os.stat(self.path / name).st_nlink > 1)
+        if linked:  # a hard link: a write would change the same file elsewhere
+            raise StoreError(f"{self.path}: {', '.join(linked)} has other hard links (it is "
+                             "also a file elsewhere); attnbench never writes a file linked "
+                             "outside its directory: replace it with a copy, or choose "
+                             "another --out")
         links = sorted(name for name in RUN_FILES if (self.path / name).is_symlink())
         if links:  # a run writes each of these; none may lead it outside its directory
             raise StoreError(f"{self.path}: {', '.join(links)} "
@@ -171,8 +184,8 @@ class RunStore:
             data = json.loads(read_text(self.meta_path, META_LIMIT, META_FILE))
         except (FileNotFoundError, NotADirectoryError):
             raise StoreError(f"{self.path}: not a run directory (no {META_FILE})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StoreError(f"{self.meta_path}: not valid JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:  # JSON, UTF-8, a 5,000-digit number
+            raise StoreError(f"{self.meta_path}: not valid JSON ({_short(exc)})") from None
         except UnsafePathError as exc:
             raise StoreError(str(exc)) from None
         if isinstance(data, dict) and data.get("schema") != SCHEMA_VERSION:
@@ -223,12 +236,14 @@ class RunStore:
                     while raw and not raw.endswith(b"\n"):  # skip the rest of the line
                         raw = f.readline(ROW_LIMIT + 1)
                     continue
+                if not raw.strip():
+                    continue  # a blank line (a hand edit, cat a b >): nothing to read
                 if not raw.endswith(b"\n") and _torn(raw.decode("utf-8", errors="replace")):
                     break
                 try:
-                    row = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    problems.append(f"{where}: not a JSON row ({exc})")
+                    row = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+                except (ValueError, RecursionError) as exc:  # JSON, UTF-8, nesting, digits
+                    problems.append(f"{where}: not a JSON row ({_short(exc)})")
                     continue
                 wrong = row_problem(row)
                 if wrong:
@@ -296,6 +311,13 @@ def row_problem(row: Any) -> str | None:
         return f"case_id must be a non-empty string, not {row.get('case_id')!r}"
     if not isinstance(row.get("case"), dict):
         return "case must be an object"
+    wrong = case_problem(row["case"])
+    if wrong:
+        return wrong
+    wall = row.get("wall_s")
+    if wall is not None and (isinstance(wall, bool) or not isinstance(wall, int | float)
+                             or _bad_number("wall_s", wall)):
+        return f"wall_s = {wall!r}: must be a finite number >= 0 (or null)"
     if row.get("status") not in STATUSES:
         return f"status {row.get('status')!r} is not one of {', '.join(STATUSES)}"
     if not isinstance(row.get("metrics"), dict):
@@ -313,8 +335,43 @@ def row_problem(row: Any) -> str | None:
 UNIT_SUFFIXES = ("_s", "_mb", "_per_s", "_frac")
 
 
+# Case fields a row's ``case`` must type as the runner writes them (when present: a
+# pytest-benchmark row holds a partial case); the rest are free.
+_CASE_TEXT = ("variant", "framework", "mode", "device", "dtype", "kernel")
+_CASE_COUNTS = ("length", "batch", "d_model", "n_heads", "d_ff", "depth", "vocab_size",
+                "n_hashes", "n_buckets", "chunk_len", "ff_chunk_len", "threads")
+# Metrics with a kind beyond their unit: a mark, its reasons, and shares of one.
+_FLAGS = ("unstable",)
+_FRACTIONS = ("task_accuracy", "approx_recall")
+
+
+def case_problem(case: dict) -> str | None:
+    """What is wrong with a row's case fields (their types); None when nothing is."""
+    for name in _CASE_TEXT:
+        if name in case and case[name] is not None and not isinstance(case[name], str):
+            return f"case.{name} = {case[name]!r}: must be text"
+    for name in _CASE_COUNTS:
+        value = case.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 1 <= value < 2**63):
+            return f"case.{name} = {value!r}: must be a positive integer"
+    if "causal" in case and not isinstance(case["causal"], bool | None):
+        return f"case.causal = {case['causal']!r}: must be true or false"
+    return None
+
+
 def metric_problem(name: str, value: Any) -> str | None:
     """What is wrong with one metric's value, against the schema; None when nothing is."""
+    if name in _FLAGS:
+        return None if isinstance(value, bool) or value is None else \
+            f"metric {name} = {value!r}: must be true or false"
+    if name == "unstable_reasons":
+        return None if isinstance(value, list) and all(isinstance(r, str) for r in value) \
+            else f"metric {name} must be a list of text"
+    if name in _FRACTIONS and value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+            or _bad_number(name, value) or not 0 <= value <= 1):
+        return f"metric {name} = {value!r}: must be a number in [0, 1]"
     if isinstance(value, list):
         wrong = [v for v in value if isinstance(v, int | float) and not isinstance(v, bool)
                  and _bad_number(name, v)]
@@ -333,7 +390,10 @@ def metric_problem(name: str, value: Any) -> str | None:
 
 
 def _bad_number(name: str, value: float) -> str | None:
-    if not math.isfinite(value):
+    try:
+        if not math.isfinite(value):
+            return "must be finite"
+    except OverflowError:  # an integer beyond float's range
         return "must be finite"
     if value < 0 and name.endswith(UNIT_SUFFIXES):
         return "must not be negative (it carries a unit)"
@@ -344,5 +404,10 @@ def _torn(line: str) -> bool:
     """A last line that is not a whole JSON object: a write cut off by a kill."""
     try:
         return not isinstance(json.loads(line), dict)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return True
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."

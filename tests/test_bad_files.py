@@ -512,3 +512,188 @@ def test_two_plugins_with_one_file_name_both_load(tmp_path):
     finally:
         VARIANTS.pop("plugin-a-x", None)
         VARIANTS.pop("plugin-b-x", None)
+
+
+# --------------------------------------------------------------------------------------------
+# The second probe (issue 22, "probe again"): hard links, outputs deeper inside other runs,
+# secrets, Markdown, decoding limits, types, plugins, shadowing metrics, stale contracts
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [".lock", "results.jsonl"])
+def test_a_hard_linked_run_file_is_refused_before_anything_runs(tmp_path, real_run, name):
+    suite, made = real_run
+    run = copy_run(tmp_path, source=made)
+    target = victim(tmp_path)
+    (run / name).unlink(missing_ok=True)
+    os.link(target, run / name)
+    out = attnbench("run", suite, "--out", run, "--no-progress", "--no-compile-cache")
+    assert out.returncode == 2 and b"hard links" in out.stderr, out.stderr
+    assert target.read_text() == VICTIM_TEXT
+
+
+def test_outputs_deeper_inside_another_run_or_on_its_derived_files_are_refused(tmp_path,
+                                                                              capsys):
+    a, other = copy_run(tmp_path, "a"), copy_run(tmp_path, "other", DATA / "jax-cpu")
+    (other / "sub").mkdir()
+    before = snapshot(tmp_path)
+    for argv in (["report", a, "-o", other / "sub" / "deeper"],
+                 ["report", a, "-o", a / "sub"],
+                 ["export", a, "--csv", other / "sub" / "x.csv"],
+                 ["compare", a, a, "-o", a / "results.csv"],
+                 ["export", a, "--csv", a / "index.html"],
+                 ["export", a, "--csv", "."], ["compare", a, a, "-o", ""]):
+        assert main([str(x) for x in argv]) == 2, argv
+        assert "error" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+    assert main(["run", "smoke", "--out", str(other / "checkpoints"), "--no-progress"]) == 2
+    assert "another run's directory" in capsys.readouterr().err
+
+
+def test_credentials_are_never_recorded():
+    from attnbench.measure.environment import recorded_env_vars
+
+    kept = recorded_env_vars({"TF_TOKEN_app_terraform_io": "t", "TF_VAR_db_password": "p",
+                              "CUDA_API_KEY": "k", "TORCH_SECRET": "s",
+                              "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "2",
+                              "HOME": "/root"})
+    assert kept == {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "2"}
+
+
+def test_table2_markdown_writes_a_hostile_run_as_text(tmp_path):
+    run = copy_run(tmp_path)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["run_id"] = "g`<img src=x onerror=alert(1)>`"
+    meta["argv"] = ["attnbench", "run", "x\n```\n<script>alert(2)</script>"]
+    (run / "meta.json").write_text(json.dumps(meta))
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["case"]["mode"] == "task":
+            row["metrics"]["task_eval"]["<iframe src=x>|x"] = 0.5
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(run), "-o", str(tmp_path / "r"), "--no-attention-pattern",
+                 "--table2-markdown", str(tmp_path / "t2.md")]) == 0
+    text = (tmp_path / "t2.md").read_text()
+    # a code span shows its text as written (never HTML): the run id and command stay inside
+    # spans they cannot close; a task name in a table cell is escaped
+    assert "run `` g`<img src=x onerror=alert(1)>` ``:" in text
+    assert "```` attnbench run x ``` <script>alert(2)</script> ````" in text
+    assert "<iframe" not in text and "&lt;iframe src=x&gt;\\|x" in text
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+BAD_ROWS = [
+    ("deep-json", lambda row: '{"a": ' + DEEP + "}"),
+    ("huge-int", lambda row: json.dumps(row).replace('"seed": 0', '"seed": ' + "9" * 5000)),
+    ("int-beyond-float", lambda row: json.dumps({**row, "metrics": {
+        **row["metrics"], "time_median_s": 10 ** 400}})),
+    ("case-variant-object", lambda row: json.dumps({**row, "case": {**row["case"],
+                                                                   "variant": {"a": 1}}})),
+    ("case-length-text", lambda row: json.dumps({**row, "case": {**row["case"],
+                                                                "length": "x"}})),
+    ("unstable-text", lambda row: json.dumps({**row, "metrics": {**row["metrics"],
+                                                                "unstable": "false"}})),
+    ("accuracy-beyond-one", lambda row: json.dumps({**row, "metrics": {
+        **row["metrics"], "task_accuracy": 1e308}})),
+    ("wall-negative", lambda row: json.dumps({**row, "wall_s": -5})),
+]
+
+
+@pytest.mark.parametrize("make", [m for _, m in BAD_ROWS], ids=[i for i, _ in BAD_ROWS])
+def test_a_row_no_measurement_makes_is_one_unreadable_row_never_a_traceback(tmp_path, capsys,
+                                                                            make):
+    run = copy_run(tmp_path)
+    lines = (run / "results.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["case"]["seed"] == 0
+    (run / "results.jsonl").write_text("\n".join([make(first), *lines[1:]]) + "\n")
+    assert main(["compare", str(run), str(DATA / "torch-cpu")]) == 2
+    err = capsys.readouterr().err
+    assert "results.jsonl:1" in err and "1 row(s) could not be read" in err, err
+    assert main(["export", str(run), "--csv", str(tmp_path / "x.csv")]) == 0
+
+
+def test_broken_meta_pytest_files_and_suites_are_errors_not_tracebacks(tmp_path, capsys):
+    def meta_with(change):
+        run = copy_run(tmp_path, f"m{len(list(tmp_path.iterdir()))}")
+        meta = json.loads((run / "meta.json").read_text())
+        change(meta)
+        (run / "meta.json").write_text(json.dumps(meta))
+        return run
+
+    broken = [meta_with(lambda m: m["environment"]["git"].update(sha=12345)),
+              meta_with(lambda m: m["environment"].update(packages=["torch"])),
+              meta_with(lambda m: m["environment"].update(memory_total_mb=float("nan")))]
+    deep = copy_run(tmp_path, "deep")
+    (deep / "meta.json").write_text('{"x": ' + DEEP + "}")
+    broken.append(deep)
+    for run in broken:
+        assert main(["report", str(run), "-o", str(tmp_path / "r")]) == 2
+        assert str(run) in capsys.readouterr().err
+    bench = json.loads((DATA / "pytest_benchmark.json").read_text())
+    for change in (lambda b: b.update(machine_info="box"),
+                   lambda b: b.update(commit_info="abc")):
+        data = json.loads(json.dumps(bench))
+        change(data)
+        (tmp_path / "b.json").write_text(json.dumps(data))
+        assert main(["compare", str(tmp_path / "b.json"), str(DATA / "pytest_benchmark.json")
+                     ]) == 2
+        assert "must be an object" in capsys.readouterr().err
+    data = json.loads(json.dumps(bench))
+    data["benchmarks"][0]["stats"] = [1]  # that benchmark has no stats: no time, no traceback
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    assert main(["export", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv")]) == 0
+    deep_suite = tmp_path / "deep.toml"
+    deep_suite.write_text('name = "t"\nx = ' + "{a = " * 400 + "1" + "}" * 400 + "\n")
+    assert main(["run", str(deep_suite), "--dry-run"]) == 2
+    assert "nested too deeply" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("body", ["raise KeyboardInterrupt\n",
+                                  "class E(BaseException):\n    pass\nraise E('boom')\n"])
+def test_a_plugin_raising_a_base_exception_is_a_suite_error(tmp_path, capsys, body):
+    (tmp_path / "p.py").write_text(body)
+    suite = tmp_path / "s.toml"
+    suite.write_text('plugins = ["p.py"]\n' + TINY_SUITE)
+    assert main(["run", str(suite), "--dry-run"]) == 2
+    assert "while loading" in capsys.readouterr().err
+
+
+def test_a_metric_named_like_a_field_never_replaces_it(tmp_path):
+    run = copy_run(tmp_path)
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    oom = next(r for r in rows if r["status"] == "oom")
+    oom["metrics"].update(status="ok", variant="lsh", run_id="someone-else")
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["export", str(run), "--csv", str(tmp_path / "x.csv")]) == 0
+    import csv
+
+    with open(tmp_path / "x.csv", newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["case_id"] == oom["case_id"])
+    assert (row["status"], row["variant"], row["run_id"]) == (
+        "oom", oom["case"]["variant"], oom["run_id"])
+    assert row["metric_status"] == "ok"
+
+
+def test_a_resume_with_other_contracts_is_refused(tmp_path, real_run):
+    suite, made = real_run
+    run = copy_run(tmp_path, source=made)
+    tightened = tmp_path / "tight.toml"
+    tightened.write_text(suite.read_text() + '[[contract]]\nname = "c"\nmax_ratio = 1\n'
+                         'metric = "time_median_s"\n'
+                         'numerator = {length = 32}\ndenominator = {length = 64}\n')
+    out = attnbench("run", tightened, "--out", run, "--no-progress", "--no-compile-cache")
+    assert out.returncode == 2 and b"other contracts" in out.stderr, out.stderr
+
+
+def test_blank_lines_are_not_unreadable_rows_and_check_prints_plain_text(tmp_path, capsys):
+    run = copy_run(tmp_path)
+    with open(run / "results.jsonl", "a") as f:
+        f.write("\n   \n")
+    meta = json.loads((run / "meta.json").read_text())
+    meta["run_id"] = "x\x1b]0;PWNED\x07\x1b[2Jy"
+    (run / "meta.json").write_text(json.dumps(meta))
+    main(["check", str(run), "--allow-no-contracts"])
+    captured = capsys.readouterr()
+    assert "could not be read" not in captured.err
+    assert "\x1b" not in captured.out and "\x07" not in captured.out

@@ -128,11 +128,25 @@ def _compile_all(configs: list[KernelConfig], archs: list[str], out: Path) -> li
     """Every configuration's passes for every target, one child process per framework (both
     at once); rows in the order of ``configs``. None (with a message) when a toolchain is
     missing or a child fails."""
-    from tqdm import tqdm
-
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; 1 = default
-    env["TRITON_CACHE_DIR"] = str(out / ".triton-cache")  # fresh: compile_s is a real compile
+    # a fresh cache of its own (never one under --out, which a link could lead elsewhere and
+    # a second run would find full): compile_s is a real compile
+    cache = Path(tempfile.mkdtemp(prefix="attnbench-triton-cache-"))
+    env["TRITON_CACHE_DIR"] = str(cache)
+    try:
+        return _compile_children(configs, archs, out, env)
+    finally:
+        import shutil
+
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _compile_children(configs: list[KernelConfig], archs: list[str], out: Path,
+                      env: dict) -> list[dict] | None:
+    from tqdm import tqdm
+
+
     by_framework = {}
     for config in configs:
         by_framework.setdefault(config.framework, []).append(config)

@@ -23,6 +23,17 @@ PACKAGES = ("attnbench", "numpy", "torch", "jax", "jaxlib", "optax", "pandas", "
 # Settings that change what a measurement means (threads, allocators, XLA, TF32).
 ENV_PREFIXES = ("XLA_", "JAX_", "TF_", "CUDA_", "PYTORCH_", "TORCH_", "NVIDIA_TF32",
                 "OMP_", "MKL_", "OPENBLAS_", "TRITON_")
+# Never recorded, whatever the prefix: Terraform shares TF_ (TF_TOKEN_*, TF_VAR_*), and any
+# name that looks like a credential stays out of meta.json and the published report.
+SECRET_PREFIXES = ("TF_TOKEN_", "TF_VAR_", "TF_CLI_", "TF_HTTP_")
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH", "KEY")
+
+
+def recorded_env_vars(environ) -> dict[str, str]:
+    """The settings that decide speed (:data:`ENV_PREFIXES`), never a credential."""
+    return {k: v for k, v in sorted(environ.items()) if k.startswith(ENV_PREFIXES)
+            and not k.startswith(SECRET_PREFIXES)
+            and not any(word in k.upper() for word in SECRET_WORDS)}
 
 _PROBE = r"""
 import json, sys
@@ -115,7 +126,7 @@ def capture(probe_frameworks: bool = True) -> Environment:
         threads=torch_facts.get("threads"),
         packages=package_versions(),
         git=git_commit(),
-        env_vars={k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)},
+        env_vars=recorded_env_vars(os.environ),
         gpu=nvml.devices(),
         frameworks=frameworks,
     )

@@ -20,6 +20,7 @@ from attnbench.runs import (
     write_results_csv,
 )
 from attnbench.safeio import UnsafePathError, check_output_dir, check_outputs, write_atomic
+from attnbench.text import plain_text
 
 SECTIONS_ORDER = ("summary", "contracts", "largest-fit", "figures", "exponents", "failures",
                   "cases", "environment", "run-details")
@@ -40,7 +41,6 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | Non
         sources = [only_nodes(s, nodes) for s in sources]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_results_csv(sources, out_dir / "results.csv")
     frame = tidy_frame(sources)
 
     figure_results = figures.render_all(frame)
@@ -77,6 +77,9 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | Non
                 f"generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. "
                 "Data: results.csv beside this file.")
     page = html.render_page(title, subtitle, tables.data_notes(sources, frame), sections, nav)
+    # both files at the end, once everything is built: a failure or a kill while building
+    # leaves the previous pair as it was
+    write_results_csv(sources, out_dir / "results.csv")
     return write_atomic(out_dir / "index.html", page)
 
 
@@ -106,7 +109,16 @@ def default_output(sources: list[Source]) -> Path:
     under ``reports/``."""
     if len(sources) == 1 and sources[0].kind == "run":
         return sources[0].path
-    return Path("reports") / f"report-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path("reports") / f"report-{time.strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):  # claimed by mkdir: two reports in one second get two folders
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{base}: 999 report folders this second already")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,15 +189,17 @@ def run(args: argparse.Namespace) -> int:
         hosts = sorted({str(r["metrics"].get("node_host")) for s in sources for r in s.rows
                         if r["metrics"].get("node_host") is not None})
         if not any(only_nodes(s, args.node).rows for s in sources):
-            return error(f"--node {', '.join(args.node)}: no case was measured on "
-                         + (f"it; these runs' hosts: {', '.join(hosts)}" if hosts else
-                            "it; these runs record no host (node_host)"))
+            return error(plain_text(
+                f"--node {', '.join(args.node)}: no case was measured on "
+                + (f"it; these runs' hosts: {', '.join(hosts)}" if hosts else
+                   "it; these runs record no host (node_host)")))
     for line in unreadable_summary(sources):
         print(f"attnbench report: warning: {line} (left out of the report)", file=sys.stderr)
     out_dir = Path(args.output) if args.output else default_output(sources)
     try:
         check_output_dir("-o", out_dir, args.runs)
-        check_outputs(_outputs(args, out_dir), args.runs)
+        check_outputs(_outputs(args, out_dir), args.runs,
+                      own_files=("results.csv", "index.html"))
     except UnsafePathError as exc:
         return error(str(exc))
     try:

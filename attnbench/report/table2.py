@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 from attnbench.report import paper
+from attnbench.text import longest_backticks, markdown_code, markdown_text, plain_text
 
 NOT_CONVERGED = "†"
 
@@ -64,7 +65,7 @@ def setup_of(cell: dict) -> Setup:
 
 
 def setup_title(setup: Setup, several_suites: bool) -> str:
-    suite, task, framework, length = setup
+    suite, task, framework, length = (markdown_text(part) for part in setup)
     return f"{suite + ': ' if several_suites else ''}{task}, {framework}, L={length}"
 
 
@@ -114,21 +115,23 @@ def provenance(sources) -> list[str]:
         command = "attnbench " + " ".join(argv[1:]) if argv else "(not recorded)"
         env = source.environment
         wall = sum(float(r.get("wall_s") or 0) for r in task_rows)
-        lines.append(f"- run `{source.run_id}`: `{command}`; {len(task_rows)} task case(s), "
-                     f"{wall / 60:.1f} min of wall time; CPU {(env and env.cpu) or '?'}, "
-                     f"{(env and (env.cpu_affinity or env.cpu_count)) or '?'} core(s); "
-                     f"commit {(env and env.git.short) or '?'}")
+        lines.append(f"- run {markdown_code(source.run_id)}: {markdown_code(command)}; "
+                     f"{len(task_rows)} task case(s), {wall / 60:.1f} min of wall time; CPU "
+                     f"{markdown_text((env and env.cpu) or '?')}, "
+                     f"{markdown_text((env and (env.cpu_affinity or env.cpu_count)) or '?')} "
+                     f"core(s); commit {markdown_text((env and env.git.short) or '?')}")
     return lines
 
 
 def _matrix_lines(title: str, grid, ends: dict[str, str]) -> list[str]:
     evals = sorted({e for row in grid.values() for e in row}, key=_sort_key)
     lines = [f"## {title}", "",
-             "| trained with | " + " | ".join(f"eval {e}" for e in evals) + " | training |",
+             "| trained with | " + " | ".join(f"eval {markdown_text(e)}" for e in evals)
+             + " | training |",
              "|---|" + "---|" * (len(evals) + 1)]
     for train in sorted(grid, key=_sort_key):
         mark = f" {NOT_CONVERGED}" if ends.get(train, "").startswith(NOT_CONVERGED) else ""
-        lines.append(f"| {train} | " + " | ".join(
+        lines.append(f"| {markdown_text(train)} | " + " | ".join(
             _cell(grid[train].get(e)) + (mark if e in grid[train] else "") for e in evals)
             + f" | {ends.get(train, '')} |")
     return lines + [""]
@@ -136,8 +139,8 @@ def _matrix_lines(title: str, grid, ends: dict[str, str]) -> list[str]:
 
 def _over_length_lines(series: tuple[str, str, str], found, ends, several_suites: bool
                        ) -> list[str]:
-    suite, task, framework = series
     lengths = sorted(setup[3] for setup in found if setup[:3] == series)
+    suite, task, framework = (markdown_text(part) for part in series)
     if len(lengths) < 2:
         return []
     lines = [f"## {suite + ': ' if several_suites else ''}{task}, {framework}: each cell "
@@ -158,7 +161,8 @@ def _over_length_lines(series: tuple[str, str, str], found, ends, several_suites
                                              else ""))
             refs = [_reference(table, train, evaluated) for table in
                     (paper.TABLE2_ACCURACY, paper.TABLE2_REPRO_ACCURACY)]
-            lines.append(f"| {train} -> {evaluated} | " + " | ".join(cells) + " | "
+            lines.append(f"| {markdown_text(train)} -> {markdown_text(evaluated)} | "
+                         + " | ".join(cells) + " | "
                          + " | ".join(refs) + " |")
     return lines + [""]
 
@@ -178,7 +182,8 @@ def table2_markdown(frame, command: str = "", sources=(), figure: str | None = N
     if runs:
         lines += ["Runs:", "", *runs, ""]
     if command:
-        lines += ["Summary made by:", "", "```bash", command, "```", ""]
+        fence = "`" * max(3, longest_backticks(command) + 1)
+        lines += ["Summary made by:", "", fence + "bash", plain_text(command), fence, ""]
     found = matrices(frame)
     ends = trainings(frame)
     if not found:

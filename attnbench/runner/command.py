@@ -334,7 +334,15 @@ def _open_run(store: RunStore, suite: Suite, digest: str, args) -> str:
                 f"{store.path} holds a run of a different version of suite "
                 f"{meta.suite.name!r} (case set {meta.suite.digest} != {digest}); "
                 "use --out for a new directory or --fresh to move the old run aside")
-        print(f"resuming run {meta.run_id} ({len(store.done_ids())} case(s) done)",
+        if list(meta.suite.contracts) != list(suite.contracts):
+            # check reads the contracts from meta.json: a resume would keep the old gate
+            raise StoreError(
+                f"{store.path} holds a run of suite {meta.suite.name!r} with other contracts "
+                "than the suite states now; check would judge the old ones: use --fresh to "
+                "start over (or --out for a new directory)")
+        from attnbench.text import plain_text
+
+        print(f"resuming run {plain_text(meta.run_id)} ({len(store.done_ids())} case(s) done)",
               file=sys.stderr)
         return meta.run_id
     from attnbench.measure.environment import capture

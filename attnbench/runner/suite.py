@@ -96,6 +96,8 @@ def load_suite(path: str | Path, max_cases: int = MAX_CASES) -> Suite:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise SuiteError(f"{path}: not valid TOML (nested too deeply)") from None
     return parse_suite(data, str(path), max_cases)
 
 
@@ -186,10 +188,24 @@ def _plugins(value, where: str, fail) -> tuple[str, ...]:
             load_plugin(ref)
         except SystemExit as exc:  # a plugin may not end attnbench
             fail("plugins", f"{ref!r} called sys.exit({exc.code!r}) while loading")
-        except Exception as exc:  # noqa: BLE001 - any failure to import is the suite's error
+        except (Exception, GeneratorExit) as exc:  # noqa: BLE001 - the suite's error
             fail("plugins", f"cannot load {ref!r}: {type(exc).__name__}: {exc}")
+        except BaseException as exc:  # a plugin's own BaseException; a real Ctrl-C goes on
+            if isinstance(exc, KeyboardInterrupt) and not _raised_in(exc, ref):
+                raise
+            fail("plugins", f"{ref!r} raised {type(exc).__name__} while loading: {exc}")
         refs.append(ref)
     return tuple(refs)
+
+
+def _raised_in(exc: BaseException, ref: str) -> bool:
+    """Whether ``exc`` was raised by the plugin's own code (a ``raise`` in its file), not by
+    a Ctrl-C that arrived while it loaded."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and ref.endswith(".py") and frames[-1].filename == ref and \
+        (frames[-1].line or "").lstrip().startswith("raise")
 
 
 def _check_keys(table: dict, allowed: set[str], key: str, fail) -> None:
