@@ -116,7 +116,7 @@ def test_a_plugin_attention_runs_through_a_suite_and_bad_ones_are_error_rows(tmp
     capsys.readouterr()
     assert main(["list"]) == 0  # listing runs no plugin: only the built-in local shows
     listed = capsys.readouterr().out
-    assert "local" in listed and "forward,forward-backward,approx" in listed
+    assert "local" in listed and "forward,forward-backward " in listed
 
 
 def test_register_attention_refuses_nonsense():
@@ -148,7 +148,7 @@ def test_an_installed_package_registers_through_the_entry_point_group(tmp_path, 
     monkeypatch.setattr(variants, "_entry_points_loaded", False)
     try:
         assert variants.get_variant("entry-point-attn").frameworks == ("torch",)
-        assert variants.get_variant("entry-point-attn").modes == variants.LAYER_MODES
+        assert variants.get_variant("entry-point-attn").modes == variants.PLUGIN_MODES
     finally:
         variants.ATTENTIONS.pop("entry-point-attn", None)
         variants.VARIANTS.pop("entry-point-attn", None)
