@@ -24,7 +24,9 @@ from attnbench.cli import main
 from tests.report.conftest import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+# No bytecode from these children: one run under a 4 KB file-size limit would leave a cut
+# .pyc in a fresh checkout (Python's own pyc write takes a short write as done).
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
 VICTIM_TEXT = "a file outside the run: attnbench must never write it\n"
 
 
