@@ -51,8 +51,10 @@ class Variant:
     @property
     def modes(self) -> tuple[str, ...]:
         """The modes this variant implements; a suite asking for another is rejected."""
-        if self.build is not None or self.attention == "custom":
-            return PLUGIN_MODES  # a registered attention's approx and models: not yet
+        if self.build is not None:
+            return PLUGIN_MODES
+        if self.attention == "custom":
+            return LAYER_MODES  # a registered attention in the models: not yet
         if self.kind == "layer":
             return LAYER_MODES if self.hashed else ("forward", "forward-backward")
         return MODEL_MODES

@@ -71,6 +71,11 @@ variant = ["mine", "local", "full-naive"]
 framework = ["torch", "jax"]
 mode = ["forward", "forward-backward"]
 [[sweep]]
+variant = ["mine", "local"]
+framework = ["torch", "jax"]
+mode = "approx"
+options = {{n_seeds = 2}}
+[[sweep]]
 variant = ["wrong-shape", "wrong-dtype", "raises"]
 framework = "torch"
 mode = "forward"
@@ -103,6 +108,14 @@ def test_a_plugin_attention_runs_through_a_suite_and_bad_ones_are_error_rows(tmp
                 row = rows[(variant, framework, mode)]
                 assert row["status"] == "ok", row["error"]
                 assert row["metrics"]["time_median_s"] > 0
+    for framework in ("torch", "jax"):  # approx: against exact attention on the same inputs
+        mine, local = (rows[(v, framework, "approx")] for v in ("mine", "local"))
+        assert mine["status"] == local["status"] == "ok", (mine["error"], local["error"])
+        assert mine["metrics"]["approx_out_rel_err"] < 1e-5  # it is exact attention
+        assert local["metrics"]["approx_out_rel_err"] > 1e-2  # half the keys are out of reach
+        assert local["metrics"]["approx_recall"] is None  # the contract exposes no keys
+    assert rows[("local", "torch", "approx")]["metrics"]["approx_out_rel_err"] == pytest.approx(
+        rows[("local", "jax", "approx")]["metrics"]["approx_out_rel_err"], rel=1e-3)
     assert rows[("local", "torch", "forward")]["case"]["chunk_len"] == 32  # declared: kept
     assert rows[("mine", "torch", "forward")]["case"]["chunk_len"] is None  # not declared
     errors = {v: rows[(v, "torch", "forward")] for v in ("wrong-shape", "wrong-dtype",
@@ -116,7 +129,7 @@ def test_a_plugin_attention_runs_through_a_suite_and_bad_ones_are_error_rows(tmp
     capsys.readouterr()
     assert main(["list"]) == 0  # listing runs no plugin: only the built-in local shows
     listed = capsys.readouterr().out
-    assert "local" in listed and "forward,forward-backward " in listed
+    assert "local" in listed and "forward,forward-backward,approx" in listed
 
 
 def test_register_attention_refuses_nonsense():
@@ -148,7 +161,7 @@ def test_an_installed_package_registers_through_the_entry_point_group(tmp_path, 
     monkeypatch.setattr(variants, "_entry_points_loaded", False)
     try:
         assert variants.get_variant("entry-point-attn").frameworks == ("torch",)
-        assert variants.get_variant("entry-point-attn").modes == variants.PLUGIN_MODES
+        assert variants.get_variant("entry-point-attn").modes == variants.LAYER_MODES
     finally:
         variants.ATTENTIONS.pop("entry-point-attn", None)
         variants.VARIANTS.pop("entry-point-attn", None)
@@ -180,6 +193,19 @@ def test_local_over_one_chunk_is_the_full_layer_in_both_frameworks():
     np.testing.assert_allclose(np.asarray(out), expected.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(full_self_attention(params, np.asarray(x), spec=full)),
                                expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_local_over_one_chunk_approximates_exact_attention_exactly(framework):
+    import importlib
+
+    module = importlib.import_module(f"attnbench.{framework}_impl.approximation")
+    spec = AttentionSpec(kind="custom", custom="local", n_heads=2, causal=True, chunk_len=64)
+    result = module.measure_approximation(attention=spec, d_model=16, length=64, batch=1,
+                                          inputs="random", n_clusters=8, n_seeds=2, seed=0,
+                                          device="cpu", dtype="float32")
+    assert result["approx_out_rel_err"] < 1e-5 and result["approx_grad_rel_err"] < 1e-4
+    assert result["approx_recall"] is None and result["approx_n_seeds"] == 2
 
 
 def test_a_custom_spec_names_its_attention():

@@ -24,7 +24,11 @@ import numpy as np
 
 from attnbench.jax_impl import train as task_train
 from attnbench.jax_impl.common import layer_norm, linear, resolve_device
-from attnbench.jax_impl.full_attention import shared_qk_attention, shared_qk_probabilities
+from attnbench.jax_impl.full_attention import (
+    full_attention,
+    shared_qk_attention,
+    shared_qk_probabilities,
+)
 from attnbench.jax_impl.lsh_attention import hash_vectors, lsh_attention, sort_by_bucket
 from attnbench.spec import AttentionSpec
 from attnbench.tasks import approx_inputs
@@ -115,6 +119,21 @@ def approximate(qk, v, d_out, *, spec: AttentionSpec, rotations) -> dict[str, fl
             "recall": float(recall)}
 
 
+def approximate_registered(qk, v, d_out, *, spec: AttentionSpec, seed: int) -> dict:
+    """A registered attention (``spec.kind == "custom"``) against exact softmax attention on
+    the same inputs (``q = k = qk``): the output and gradient errors of one seed. Its
+    randomness is ``jax.random.key(seed)``. Recall is None: the contract does not say which
+    keys a function attended to."""
+    from attnbench.jax_impl.custom_attention import attend
+
+    key = jax.random.key(seed)
+    out, vjp = jax.vjp(lambda a, b: attend(spec, a, a, b, key=key), qk, v)
+    exact, exact_vjp = jax.vjp(lambda a, b: full_attention(a, a, b, causal=spec.causal), qk, v)
+    return {"out_rel_err": relative_l2([out], [exact]),
+            "grad_rel_err": relative_l2(list(vjp(d_out)), list(exact_vjp(d_out))),
+            "recall": None}
+
+
 # --------------------------------------------------------------------------------------------
 # 3. Inputs: synthetic, or from a trained model's layer
 # --------------------------------------------------------------------------------------------
@@ -169,7 +188,7 @@ def measure_approximation(*, attention: AttentionSpec, d_model: int, length: int
     approx_inputs.check_args(attention, d_model, length, inputs, n_clusters, n_seeds, dtype,
                              _DTYPES)
     heads, d_head = attention.n_heads, attention.check_d_model(d_model)
-    n_buckets = attention.buckets_for(length)
+    n_buckets = attention.buckets_for(length) if attention.kind == "lsh" else None
     per_seed = []
     with jax.default_device(resolve_device(device)):
         for s in range(seed, seed + n_seeds):
@@ -182,10 +201,14 @@ def measure_approximation(*, attention: AttentionSpec, d_model: int, length: int
                     inputs, seed=s, batch=batch, n_heads=heads, length=length, d_head=d_head,
                     n_clusters=n_clusters))
             d_out = jnp.asarray(approx_inputs.cotangent(seed=s, shape=tuple(v.shape)))
+            as_dtype = functools.partial(jnp.asarray, dtype=_DTYPES[dtype])
+            if attention.kind == "custom":
+                per_seed.append(approximate_registered(as_dtype(qk), as_dtype(v),
+                                                       as_dtype(d_out), spec=attention, seed=s))
+                continue
             rotations = jnp.asarray(approx_inputs.rotations(
                 seed=s, n_heads=heads, d_head=d_head, n_hashes=attention.n_hashes,
                 n_buckets=n_buckets))
-            as_dtype = functools.partial(jnp.asarray, dtype=_DTYPES[dtype])
             per_seed.append(approximate(as_dtype(qk), as_dtype(v), as_dtype(d_out),
                                         spec=attention, rotations=rotations))
     return summarise_approximation(per_seed)

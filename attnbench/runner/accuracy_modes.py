@@ -58,8 +58,9 @@ def check_options(case, variant: Variant) -> None:
 
 
 def measure_approx(case, variant: Variant) -> dict:
-    if not variant.hashed or variant.kind != "layer":
-        raise ValueError(f"mode 'approx' needs the LSH layer variant, not {variant.name!r}")
+    if variant.kind != "layer" or not (variant.hashed or variant.attention == "custom"):
+        raise ValueError(f"mode 'approx' needs the LSH layer or a registered attention, not "
+                         f"{variant.name!r}")
     opts = _options(case, APPROX_OPTIONS)
     module = _framework_module(case, "approximation")
     return module.measure_approximation(

@@ -99,9 +99,10 @@ def check_args(attention, d_model: int, length: int, inputs: str, n_clusters: in
     from attnbench.spec import AttentionSpec
 
     check_inputs(inputs, n_clusters)
-    if not isinstance(attention, AttentionSpec) or attention.kind != "lsh":
+    if not isinstance(attention, AttentionSpec) or attention.kind not in ("lsh", "custom"):
         raise ValueError(f"attention={attention!r}: must be an AttentionSpec of kind 'lsh' "
-                         "(it is measured against exact shared-QK attention)")
+                         "(measured against exact shared-QK attention) or 'custom' (a "
+                         "registered attention, measured against exact softmax attention)")
     attention.check_d_model(d_model)
     attention.check_length(length)
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:

@@ -48,6 +48,9 @@ def summarise_approximation(per_seed: list[dict[str, float]]) -> dict:
     gradient error and the recall of each seed, plus ``approx_n_seeds``."""
     result: dict = {}
     for name in ("out_rel_err", "grad_rel_err", "recall"):
+        if any(m[name] is None for m in per_seed):  # a registered attention's recall
+            result[f"approx_{name}"] = result[f"approx_{name}_ci"] = None
+            continue
         mean, half_width = mean_ci([m[name] for m in per_seed])
         result[f"approx_{name}"], result[f"approx_{name}_ci"] = mean, half_width
     result["approx_n_seeds"] = len(per_seed)

@@ -26,7 +26,11 @@ from attnbench.tasks import approx_inputs
 from attnbench.tasks.experiment import load_or_train
 from attnbench.tasks.stats import summarise_approximation
 from attnbench.torch_impl import train as task_train
-from attnbench.torch_impl.full_attention import shared_qk_attention, shared_qk_probabilities
+from attnbench.torch_impl.full_attention import (
+    full_attention,
+    shared_qk_attention,
+    shared_qk_probabilities,
+)
 from attnbench.torch_impl.lsh_attention import hash_vectors, lsh_attention, sort_by_bucket
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -106,6 +110,24 @@ def approximate(qk: torch.Tensor, v: torch.Tensor, d_out: torch.Tensor, *,
             "recall": float(recall.double().mean())}
 
 
+def approximate_registered(qk: torch.Tensor, v: torch.Tensor, d_out: torch.Tensor, *,
+                           spec: AttentionSpec, seed: int) -> dict:
+    """A registered attention (``spec.kind == "custom"``) against exact softmax attention on
+    the same inputs (``q = k = qk``): the output and gradient errors of one seed. Its
+    randomness is a generator seeded with ``seed``. Recall is None: the contract does not
+    say which keys a function attended to."""
+    from attnbench.torch_impl.custom_attention import attend
+
+    qk, v = qk.detach().requires_grad_(True), v.detach().requires_grad_(True)
+    generator = torch.Generator(device=qk.device).manual_seed(seed)
+    out = attend(spec, qk, qk, v, generator=generator)
+    grads = torch.autograd.grad(out, (qk, v), d_out)
+    exact = full_attention(qk, qk, v, causal=spec.causal)
+    exact_grads = torch.autograd.grad(exact, (qk, v), d_out)
+    return {"out_rel_err": relative_l2([out], [exact]),
+            "grad_rel_err": relative_l2(list(grads), list(exact_grads)), "recall": None}
+
+
 # --------------------------------------------------------------------------------------------
 # 3. Inputs: synthetic, or from a trained model's layer
 # --------------------------------------------------------------------------------------------
@@ -161,7 +183,7 @@ def measure_approximation(*, attention: AttentionSpec, d_model: int, length: int
     approx_inputs.check_args(attention, d_model, length, inputs, n_clusters, n_seeds, dtype,
                              _DTYPES)
     heads, d_head = attention.n_heads, attention.check_d_model(d_model)
-    n_buckets = attention.buckets_for(length)
+    n_buckets = attention.buckets_for(length) if attention.kind == "lsh" else None
     per_seed = []
     for s in range(seed, seed + n_seeds):
         if inputs == "trained":
@@ -173,10 +195,14 @@ def measure_approximation(*, attention: AttentionSpec, d_model: int, length: int
                 inputs, seed=s, batch=batch, n_heads=heads, length=length, d_head=d_head,
                 n_clusters=n_clusters))
         d_out = torch.from_numpy(approx_inputs.cotangent(seed=s, shape=tuple(v.shape)))
+        as_dtype = functools.partial(torch.Tensor.to, device=device, dtype=_DTYPES[dtype])
+        if attention.kind == "custom":
+            per_seed.append(approximate_registered(as_dtype(qk), as_dtype(v), as_dtype(d_out),
+                                                   spec=attention, seed=s))
+            continue
         rotations = torch.from_numpy(approx_inputs.rotations(
             seed=s, n_heads=heads, d_head=d_head, n_hashes=attention.n_hashes,
             n_buckets=n_buckets))
-        as_dtype = functools.partial(torch.Tensor.to, device=device, dtype=_DTYPES[dtype])
         per_seed.append(approximate(as_dtype(qk), as_dtype(v), as_dtype(d_out), spec=attention,
                                     rotations=rotations.to(device)))
     return summarise_approximation(per_seed)

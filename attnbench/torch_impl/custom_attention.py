@@ -21,6 +21,16 @@ from attnbench.variants import case_keywords, check_attention_output, get_attent
 FRAMEWORK = "torch"
 
 
+def attend(spec: AttentionSpec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """The registered function on [batch, heads, length, d] tensors, its output checked."""
+    attention = get_attention(spec.custom)
+    fn = attention.function(FRAMEWORK)
+    out = fn(q, k, v, causal=spec.causal, generator=generator, **case_keywords(fn, spec))
+    check_attention_output(attention.name, out, v)
+    return out
+
+
 class CustomSelfAttention(_SelfAttentionBase):
     """Projections, the registered function per head, the output projection."""
 
@@ -30,19 +40,11 @@ class CustomSelfAttention(_SelfAttentionBase):
             raise ValueError(f"AttentionSpec.kind={spec.kind!r}: CustomSelfAttention needs "
                              "'custom'")
         self.attention = get_attention(spec.custom)
-        self.fn = self.attention.function(FRAMEWORK)
-        self.keywords = case_keywords(self.fn, spec)
+        self.attention.function(FRAMEWORK)  # refuse a framework it lacks when built
         factory = {"device": device, "dtype": dtype}
         names = ("w_qk", "w_v") if self.attention.shared_qk else ("w_q", "w_k", "w_v")
         for name in names:
             setattr(self, name, nn.Linear(d_model, d_model, bias=False, **factory))
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-               generator: torch.Generator | None) -> torch.Tensor:
-        """The registered function on [batch, heads, length, d] tensors, its output checked."""
-        out = self.fn(q, k, v, causal=self.spec.causal, generator=generator, **self.keywords)
-        check_attention_output(self.attention.name, out, v)
-        return out
 
     def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None,
                 buckets=None, return_buckets: bool = False):
@@ -54,6 +56,6 @@ class CustomSelfAttention(_SelfAttentionBase):
             q = k = self._split_heads(self.w_qk(x))
         else:
             q, k = self._split_heads(self.w_q(x)), self._split_heads(self.w_k(x))
-        out = self.attend(q, k, self._split_heads(self.w_v(x)), generator=generator)
+        out = attend(self.spec, q, k, self._split_heads(self.w_v(x)), generator=generator)
         out = self.w_out(self._merge_heads(out))
         return (out, None) if return_buckets else out
