@@ -26,6 +26,15 @@ from attnbench.variants import case_keywords, check_attention_output, get_attent
 FRAMEWORK = "jax"
 
 
+def attend(spec: AttentionSpec, q, k, v, *, key):
+    """The registered function on [batch, heads, length, d] arrays, its output checked."""
+    attention = get_attention(spec.custom)
+    fn = attention.function(FRAMEWORK)
+    out = fn(q, k, v, causal=spec.causal, key=key, **case_keywords(fn, spec))
+    check_attention_output(attention.name, out, v)
+    return out
+
+
 def init_custom_self_attention(key, d_model: int, spec: AttentionSpec, dtype=jnp.float32):
     """Parameters of :func:`custom_self_attention` (names as torch's CustomSelfAttention)."""
     spec.check_d_model(d_model)
@@ -34,15 +43,6 @@ def init_custom_self_attention(key, d_model: int, spec: AttentionSpec, dtype=jnp
                          "'custom'")
     names = ("w_qk", "w_v") if get_attention(spec.custom).shared_qk else ("w_q", "w_k", "w_v")
     return _init_projections(key, d_model, ("w_out", *names), dtype)
-
-
-def attend(spec: AttentionSpec, q, k, v, *, key):
-    """The registered function on [batch, heads, length, d] arrays, its output checked."""
-    attention = get_attention(spec.custom)
-    fn = attention.function(FRAMEWORK)
-    out = fn(q, k, v, causal=spec.causal, key=key, **case_keywords(fn, spec))
-    check_attention_output(attention.name, out, v)
-    return out
 
 
 def custom_self_attention(params, x, *, spec: AttentionSpec, key=None, buckets=None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -30,7 +29,6 @@ from attnbench.history.model import (
 from attnbench.history.publish import INDEX, MANIFEST, REGRESSIONS, PublishResult, publish
 
 HOSTILE = "<script>alert(\"label\")</script> & 'quoted' <b>bold</b>"
-INSTALL_SCRIPT = Path(__file__).parents[1] / "report" / "install_chromium.sh"
 SHAS = [f"{i:x}" * 40 for i in range(1, 9)]   # 1111..., 2222..., ...
 
 
@@ -380,19 +378,9 @@ def test_an_empty_history_publishes_an_overview_that_says_so(tmp_path):
 
 @pytest.fixture(scope="module")
 def browser():
-    from tests.report.browser import Browser, find_chromium
-    from tests.report.conftest import in_ci
+    from tests.report.browser import Browser, chromium_or_skip
 
-    executable = find_chromium()
-    if executable is None and in_ci() and os.geteuid() == 0:
-        subprocess.run(["bash", str(INSTALL_SCRIPT)], check=False, timeout=900)
-        executable = find_chromium()
-    if executable is None:
-        message = f"chromium is not installed (run: bash {INSTALL_SCRIPT})"
-        if in_ci():
-            pytest.fail(f"CI=true: {message}")
-        pytest.skip(message)
-    b = Browser(executable)
+    b = Browser(chromium_or_skip())
     yield b
     b.close()
 

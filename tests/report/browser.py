@@ -250,3 +250,25 @@ def fd_above_9(fd: int) -> int:
     import fcntl
 
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+
+
+INSTALL_SCRIPT = Path(__file__).with_name("install_chromium.sh")
+
+
+def chromium_or_skip() -> str:
+    """Chromium's executable for a browser test: installed first when CI runs as root, a
+    failure in CI without it, a skip elsewhere."""
+    import pytest
+
+    from tests.report.conftest import in_ci
+
+    executable = find_chromium()
+    if executable is None and in_ci() and os.geteuid() == 0:
+        subprocess.run(["bash", str(INSTALL_SCRIPT)], check=False, timeout=900)
+        executable = find_chromium()
+    if executable is None:
+        message = f"chromium is not installed (run: bash {INSTALL_SCRIPT})"
+        if in_ci():
+            pytest.fail(f"CI=true: {message}")
+        pytest.skip(message)
+    return executable

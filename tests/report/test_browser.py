@@ -6,31 +6,16 @@ Chromium is installed by tests/report/install_chromium.sh (CI calls it). Without
 skipped, except under CI=true, where it tries the script and then fails if still absent.
 """
 
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from attnbench.report import figures
-from tests.report.browser import Browser, find_chromium
-from tests.report.conftest import in_ci
-
-INSTALL_SCRIPT = Path(__file__).with_name("install_chromium.sh")
+from tests.report.browser import Browser, chromium_or_skip
 
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = find_chromium()
-    if executable is None and in_ci() and os.geteuid() == 0:
-        subprocess.run(["bash", str(INSTALL_SCRIPT)], check=False, timeout=900)
-        executable = find_chromium()
-    if executable is None:
-        message = f"chromium is not installed (run: bash {INSTALL_SCRIPT})"
-        if in_ci():
-            pytest.fail(f"CI=true: {message}")
-        pytest.skip(message)
-    b = Browser(executable)
+    b = Browser(chromium_or_skip())
     yield b
     b.close()
 
