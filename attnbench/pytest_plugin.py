@@ -97,22 +97,6 @@ def _flat_case_fields(case) -> dict[str, Any]:
     return {k: v for k, v in case.to_dict().items() if k not in HOW_FIELDS and k != "options"}
 
 
-def _work_metrics(case, variant, median_s: float) -> dict[str, Any]:
-    from attnbench.measure import work
-
-    model = variant.kind == "model"
-    flops, formula = work.flops(case, variant.attention, model, variant.reversible)
-    return {
-        "tokens_per_s": case.tokens / median_s if median_s > 0 else None,
-        "time_per_token_s": median_s / case.tokens,
-        "flops": flops,
-        "flop_formula": formula,
-        "flop_per_s": flops / median_s if median_s > 0 else None,
-        "mem_analytic_mb": work.analytic_memory_mb(case, variant.attention, model,
-                                                   variant.reversible, variant.chunked_ff),
-    }
-
-
 class AttentionBenchmark:
     """What ``attn_benchmark`` gives a test: call it once with a case; attach accuracy after."""
 
@@ -135,8 +119,8 @@ class AttentionBenchmark:
         (:data:`DEFAULT_ROUNDS` and :data:`DEFAULT_WARMUP_ROUNDS` for keyword settings); the
         recorded case says what was run (``min_repeats == max_repeats == rounds``).
         """
-        from attnbench.measure import machine
-        from attnbench.variants import get_variant
+        from attnbench.measure import machine, work
+        from attnbench.variants import case_frameworks, get_variant
 
         if self.case is not None:
             raise RuntimeError("attn_benchmark can be called once per test (as benchmark)")
@@ -154,8 +138,9 @@ class AttentionBenchmark:
         case = dataclasses.replace(case, warmup=warmup_rounds, min_repeats=rounds,
                                    max_repeats=rounds)
         variant = get_variant(case.variant)
-        if case.framework not in variant.frameworks:
-            raise ValueError(f"variant {case.variant!r} has no {case.framework} implementation")
+        if case.framework not in case_frameworks(variant, case):
+            raise ValueError(f"{case.label()}: no {case.framework} implementation (it has "
+                             f"{', '.join(case_frameworks(variant, case))})")
         self.case, self.variant = case, variant
 
         bench = self.benchmark
@@ -194,7 +179,7 @@ class AttentionBenchmark:
         bench.extra_info.update(step.memory.result())
         bench.extra_info["warmup_s"] = calls["warmup_end"] - warmup_start
         bench.extra_info["warmup_rounds"] = warmup_rounds
-        bench.extra_info.update(_work_metrics(case, variant, bench.stats.stats.median))
+        bench.extra_info.update(work.work_metrics(case, variant, bench.stats.stats.median))
         # what the machine did over the timed rounds, and the unstable mark, as the worker does
         stats = bench.stats.stats
         noise = {"time_rel_iqr": stats.iqr / stats.median if stats.median > 0 else None,

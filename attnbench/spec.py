@@ -92,6 +92,9 @@ class AttentionSpec:
     dedup: bool = False
     kernel: str = "auto"
     custom: str | None = None   # kind "custom": the registered attention's name
+    # kind "custom": None gives the projections the attention was registered with; True gives
+    # the shared query-key projection (k = q) whatever it was (a task's models share it).
+    shared_qk: bool | None = None
 
     def __post_init__(self) -> None:
         owner = "AttentionSpec"
@@ -99,6 +102,9 @@ class AttentionSpec:
         if (self.kind == "custom") != (isinstance(self.custom, str) and bool(self.custom)):
             _fail(owner, "custom", self.custom, "the registered attention's name, with kind "
                   "'custom' only")
+        if self.shared_qk is not None and (self.kind != "custom"
+                                           or not isinstance(self.shared_qk, bool)):
+            _fail(owner, "shared_qk", self.shared_qk, "None, or a bool with kind 'custom' only")
         _check_int(owner, "n_heads", self.n_heads, 1)
         if not isinstance(self.causal, bool):
             _fail(owner, "causal", self.causal, "must be a bool")

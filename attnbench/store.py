@@ -337,7 +337,8 @@ UNIT_SUFFIXES = ("_s", "_mb", "_per_s", "_frac")
 
 # Case fields a row's ``case`` must type as the runner writes them (when present: a
 # pytest-benchmark row holds a partial case); the rest are free.
-_CASE_TEXT = ("variant", "framework", "mode", "device", "dtype", "kernel")
+_CASE_TEXT = ("variant", "framework", "mode", "device", "dtype", "kernel",
+              "attention")
 _CASE_COUNTS = ("length", "batch", "d_model", "n_heads", "d_ff", "depth", "vocab_size",
                 "n_hashes", "n_buckets", "chunk_len", "ff_chunk_len", "threads")
 # Metrics with a kind beyond their unit: a mark, its reasons, and shares of one.

@@ -54,7 +54,7 @@ class Variant:
         if self.build is not None:
             return PLUGIN_MODES
         if self.attention == "custom":
-            return LAYER_MODES  # a registered attention in the models: not yet
+            return LAYER_MODES
         if self.kind == "layer":
             return LAYER_MODES if self.hashed else ("forward", "forward-backward")
         return MODEL_MODES
@@ -121,6 +121,9 @@ def register_attention(name: str, *, summary: str, torch: Callable | None = None
         raise ValueError(f"attention {name!r} is already registered")
     if known is None and name in VARIANTS:
         raise ValueError(f"register_attention({name!r}): the name of a variant already")
+    if name == "full" or (name.startswith("lsh-") and name[4:].isdigit()):
+        raise ValueError(f"register_attention({name!r}): a task's name for a built-in "
+                         "attention ('full', 'lsh-N')")
     ATTENTIONS[name] = attention
     VARIANTS[name] = Variant(name, summary, "layer", "custom", frameworks=attention.frameworks)
     return attention
@@ -321,18 +324,42 @@ def get_variant(name: str) -> Variant:
         raise KeyError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}") from None
 
 
+def attention_kind(variant: Variant, case) -> str:
+    """The AttentionSpec kind ``case`` runs: ``custom`` where the case names a registered
+    attention (``Case.attention``, model variants), else the variant's."""
+    return "custom" if getattr(case, "attention", None) else variant.attention
+
+
+def case_frameworks(variant: Variant, case) -> tuple[str, ...]:
+    """The frameworks ``case`` can run in: its registered attention's (``Case.attention``)
+    where it names one, else the variant's."""
+    attention = getattr(case, "attention", None)
+    return get_attention(attention).frameworks if attention else variant.frameworks
+
+
+def shares_qk(spec: AttentionSpec) -> bool:
+    """Whether a ``custom`` layer has the shared query-key projection (``k = q``): as its
+    attention was registered, unless the spec says (a task's models always share it)."""
+    if spec.shared_qk is not None:
+        return spec.shared_qk
+    return get_attention(spec.custom).shared_qk
+
+
 def attention_spec(variant: Variant, case) -> AttentionSpec:
-    """The attention layer of ``variant`` at ``case``'s settings."""
+    """The attention layer of ``variant`` at ``case``'s settings; a model case naming a
+    registered attention (``Case.attention``) runs that one in the variant's stack."""
+    custom = getattr(case, "attention", None) or (
+        variant.name if variant.attention == "custom" else None)
+    if custom is not None:
+        # the case fields a registered function may declare (CASE_KEYWORDS), where set
+        given = {name: getattr(case, name) for name in CASE_KEYWORDS
+                 if getattr(case, name, None) is not None}
+        return AttentionSpec(kind="custom", custom=custom, n_heads=case.n_heads,
+                             causal=case.causal, **given)
     if variant.hashed:
         return AttentionSpec(kind="lsh", n_heads=case.n_heads, causal=case.causal,
                              n_hashes=case.n_hashes, n_buckets=case.n_buckets,
                              chunk_len=case.chunk_len, kernel=case.resolved_kernel or "auto")
-    if variant.attention == "custom":
-        # the case fields a registered function may declare (CASE_KEYWORDS), where set
-        given = {name: getattr(case, name) for name in CASE_KEYWORDS
-                 if getattr(case, name, None) is not None}
-        return AttentionSpec(kind="custom", custom=variant.name, n_heads=case.n_heads,
-                             causal=case.causal, **given)
     return AttentionSpec(kind=variant.attention, n_heads=case.n_heads, causal=case.causal,
                          impl=variant.impl)
 

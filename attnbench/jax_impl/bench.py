@@ -40,7 +40,7 @@ from attnbench.jax_impl.full_attention import (
 from attnbench.jax_impl.lsh_attention import init_lsh_self_attention, lsh_self_attention
 from attnbench.jax_impl.model import init_language_model, language_model
 from attnbench.measure.memory import MB, CpuMemory, JaxDeviceMemory
-from attnbench.variants import Variant, attention_spec, model_spec
+from attnbench.variants import Variant, attention_kind, attention_spec, model_spec
 
 LEARNING_RATE = 1e-4
 _LAYERS = {"full": (init_full_self_attention, full_self_attention),
@@ -143,16 +143,18 @@ def make_step(case, variant: Variant) -> Step:
             jax.block_until_ready(compiled(*args, next_key()))
 
     memory = CpuMemory() if device.platform == "cpu" else JaxDeviceMemory(device)
+    kind = attention_kind(variant, case)
+    hashed = kind == "lsh"
     info = {
         "platform": device.platform,
         "device_name": device.device_kind,
         "threads_used": len(os.sched_getaffinity(0)) if device.platform == "cpu" else None,
         "framework_version": jax.__version__,
         "n_params": int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params))),
-        "kernel": case.resolved_kernel if variant.hashed else None,  # the LSH kernel that ran
-        "kernel_precision": kernel_precision(case) if variant.hashed else None,
+        "kernel": case.resolved_kernel if hashed else None,  # the LSH kernel that ran
+        "kernel_precision": kernel_precision(case) if hashed else None,
         "full_attention_kernel": (fused_kernel(dtype, device.platform)
-                                  if variant.attention == "full" and variant.impl == "fused"
+                                  if kind == "full" and variant.impl == "fused"
                                   else None),
         # GPU repeats run back to back: the L2 cache is warm (not flushed between calls)
         "l2_cache": "warm" if device.platform != "cpu" else None,

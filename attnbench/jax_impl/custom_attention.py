@@ -2,8 +2,9 @@
 self-attention layer, with the same projections around it as the built-in layers, so times
 compare. Mirrors :mod:`attnbench.torch_impl.custom_attention`.
 
-With ``shared_qk`` the layer has the Reformer's shared query-key projection (``w_qk``, and
-``k = q`` is passed), otherwise separate ``w_q``, ``w_k``; both have ``w_v`` and ``w_out``.
+Where it shares the query-key projection (:func:`~attnbench.variants.shares_qk`: as the
+attention was registered, or always in a task's models) the layer has the Reformer's ``w_qk``
+(and ``k = q`` is passed), otherwise separate ``w_q``, ``w_k``; both have ``w_v`` and ``w_out``.
 The function's output is checked against the contract (shaped and typed like ``v``):
 anything else is an :class:`~attnbench.variants.AttentionContractError` naming the attention
 and what it returned.
@@ -21,7 +22,7 @@ from attnbench.jax_impl.full_attention import (
     _split_heads,
 )
 from attnbench.spec import AttentionSpec
-from attnbench.variants import case_keywords, check_attention_output, get_attention
+from attnbench.variants import case_keywords, check_attention_output, get_attention, shares_qk
 
 FRAMEWORK = "jax"
 
@@ -41,7 +42,7 @@ def init_custom_self_attention(key, d_model: int, spec: AttentionSpec, dtype=jnp
     if spec.kind != "custom":
         raise ValueError(f"AttentionSpec.kind={spec.kind!r}: custom_self_attention needs "
                          "'custom'")
-    names = ("w_qk", "w_v") if get_attention(spec.custom).shared_qk else ("w_q", "w_k", "w_v")
+    names = ("w_qk", "w_v") if shares_qk(spec) else ("w_q", "w_k", "w_v")
     return _init_projections(key, d_model, ("w_out", *names), dtype)
 
 

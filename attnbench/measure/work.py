@@ -7,7 +7,8 @@ is not counted, as in the usual MFU convention; the backward counts 2x the forwa
 not a dense formula: each query attends to ``n_hashes * chunk_len * window`` keys, and the
 hashing is a ``d_head x n_buckets/2`` rotation per head and round. Causal masking is not
 halved for the dense variants (the naive path computes the whole matrix). Every formula is
-returned as text (``flop_formula``) beside its value.
+returned as text (``flop_formula``) beside its value. A registered attention (kind ``custom``)
+has neither: its FLOPs and analytic memory are recorded as null, never guessed.
 
 The analytic memory estimate is the dominant term of the paper's Tables 1 and 3 (activations
 in elements times the dtype's size), with the LSH term ``b*n_h*n_r*n*c*w`` using this
@@ -36,8 +37,12 @@ def _attention_flops(kind: str, b: int, n: int, d: int, case) -> tuple[float, st
     return proj * b * n * d * d + 4 * b * n * n * d, f"{proj}bld^2 + 4bl^2d"
 
 
-def flops(case, attention_kind: str, model: bool, reversible: bool) -> tuple[float, str]:
-    """Model FLOPs of one step of ``case`` and the formula, per ``case.mode``."""
+def flops(case, attention_kind: str, model: bool, reversible: bool
+          ) -> tuple[float | None, str]:
+    """Model FLOPs of one step of ``case`` and the formula, per ``case.mode``; None for a
+    registered attention (``custom``), whose work attnbench cannot know."""
+    if attention_kind == "custom":
+        return None, "unknown (a registered attention states no formula)"
     b, n, d = case.batch, case.length, case.d_model
     attn, formula = _attention_flops(attention_kind, b, n, d, case)
     if model:
@@ -55,8 +60,11 @@ def flops(case, attention_kind: str, model: bool, reversible: bool) -> tuple[flo
 
 
 def analytic_memory_mb(case, attention_kind: str, model: bool, reversible: bool,
-                       chunked_ff: bool) -> float:
-    """The dominant term of the paper's memory complexity (Tables 1 and 3), in MiB."""
+                       chunked_ff: bool) -> float | None:
+    """The dominant term of the paper's memory complexity (Tables 1 and 3), in MiB; None for
+    a registered attention (``custom``)."""
+    if attention_kind == "custom":
+        return None
     b, n, h, d = case.batch, case.length, case.n_heads, case.d_model
     d_k = d // h
     if attention_kind == "lsh":
@@ -70,3 +78,22 @@ def analytic_memory_mb(case, attention_kind: str, model: bool, reversible: bool,
     else:
         elements = attn
     return elements * BYTES[case.dtype] / MB
+
+
+def work_metrics(case, variant, median_s: float) -> dict:
+    """The work metrics of a timed case whose step took ``median_s``: tokens per second,
+    FLOPs and their formula and rate, and the analytic memory (the worker's and the pytest
+    plugin's one source)."""
+    from attnbench.variants import attention_kind
+
+    kind, model = attention_kind(variant, case), variant.kind == "model"
+    total, formula = flops(case, kind, model, variant.reversible)
+    return {
+        "tokens_per_s": case.tokens / median_s if median_s > 0 else None,
+        "time_per_token_s": median_s / case.tokens,
+        "flops": total,
+        "flop_formula": formula,
+        "flop_per_s": total / median_s if total is not None and median_s > 0 else None,
+        "mem_analytic_mb": analytic_memory_mb(case, kind, model, variant.reversible,
+                                              variant.chunked_ff),
+    }

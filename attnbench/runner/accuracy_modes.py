@@ -84,21 +84,25 @@ TASK_OPTIONS = {"task": "duplication", "eval_attentions": ["full", "lsh-8", "lsh
 def task_config(case, variant: Variant):
     """The :class:`~attnbench.tasks.config.TaskConfig` of a ``task`` case.
 
-    The attention used in training comes from the variant: a shared-QK model trains with
-    ``full`` (exact shared-QK attention, the paper's "full" rows), an LSH model with
-    ``lsh-<n_hashes>``. Model sizes, batch, seed, ``chunk_len`` and ``n_buckets`` come from
-    the case; ``task``, ``eval_attentions``, ``steps``, ``lr``, ``eval_batches`` and
-    ``log_every`` from its options.
+    The attention used in training is the case's registered attention (``Case.attention``)
+    where it names one, else the variant's: a shared-QK model trains with ``full`` (exact
+    shared-QK attention, the paper's "full" rows), an LSH model with ``lsh-<n_hashes>``.
+    Model sizes, batch, seed, ``chunk_len`` and ``n_buckets`` come from the case; ``task``,
+    ``eval_attentions``, ``steps``, ``lr``, ``eval_batches`` and ``log_every`` from its
+    options.
     """
     from attnbench.tasks.config import TaskConfig
 
-    if variant.attention == "lsh":
+    if case.attention:
+        train_attention = case.attention  # a registered attention (Case.attention)
+    elif variant.attention == "lsh":
         train_attention = f"lsh-{case.n_hashes}"
     elif variant.attention == "shared_qk":
         train_attention = "full"
     else:
-        raise ValueError(f"mode 'task' needs shared-QK or LSH attention (so one set of weights "
-                         f"can be evaluated under both), not variant {variant.name!r}")
+        raise ValueError(f"mode 'task' needs shared-QK, LSH or a registered attention (so one "
+                         f"set of weights can be evaluated under each), not variant "
+                         f"{variant.name!r}")
     opts = _options(case, TASK_OPTIONS)
     return TaskConfig(
         task=opts["task"], vocab_size=case.vocab_size, length=case.length,

@@ -3,11 +3,12 @@
 A :class:`Case` carries everything a worker needs to build and measure one point and
 everything a reader needs to know what was measured. ``case_id`` hashes only the fields
 that define *what* is measured (variant, framework, device, dtype, mode, shapes, LSH
-settings, seed, mode options), not *how* (repeats, budgets, timeouts, the suite's name), so
-the same point in two runs or two suites has the same id and ``attnbench compare`` can
-pair them. The LSH ``kernel`` enters the id as the kernel that runs (``auto`` resolved for the
-case's framework and device), and only when that is not the portable core, so ``auto`` and the
-kernel it names are one case, and ids made before kernels existed still pair.
+settings, a model's registered attention, seed, mode options), not *how* (repeats, budgets,
+timeouts, the suite's name), so the same point in two runs or two suites has the same id
+and ``attnbench compare`` can pair them. The LSH ``kernel`` enters the id as the kernel that
+runs (``auto`` resolved for the case's framework and device), and only when that is not the
+portable core, so ``auto`` and the kernel it names are one case, and ids made before kernels
+existed still pair; ``attention`` enters it only when set, for the same reason.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Case:
     chunk_len: int | None = None    # LSH chunk length; None for non-LSH variants
     ff_chunk_len: int | None = None  # feed-forward chunk (model variants that chunk)
     kernel: str | None = None       # LSH kernel asked for (spec.LSH_KERNELS); None: no LSH
+    attention: str | None = None    # model variants: a registered attention run in the stack
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # mode-specific settings
     # how
@@ -85,6 +87,8 @@ class Case:
         kernel = what.pop("kernel")
         if kernel is not None and self.resolved_kernel != "portable":
             what["kernel"] = self.resolved_kernel
+        if what["attention"] is None:  # ids made before the field existed still pair
+            del what["attention"]
         return what
 
     @property
@@ -132,10 +136,12 @@ def _resolved_kernel(case: Mapping[str, Any]) -> str | None:
 def case_label(case: Mapping[str, Any]) -> str:
     """The one label of a case, from a :class:`Case` or a stored row's case dict (missing
     fields show as ``?``): ``lsh/torch fb L=4096 h=4``, with the kernel when it is not the
-    portable core, the buckets of an approximation case, the attention a task trained with,
+    portable core, the registered attention a model runs (``transformer[local]``), the
+    buckets of an approximation case, the attention a task trained with,
     and the device and dtype when they are not the CPU and float32."""
     mode = case.get("mode", "?")
-    parts = [f"{case.get('variant', '?')}/{case.get('framework', '?')}",
+    attention = f"[{case['attention']}]" if case.get("attention") else ""
+    parts = [f"{case.get('variant', '?')}{attention}/{case.get('framework', '?')}",
              _MODE_ABBREV.get(mode, str(mode)), f"L={case.get('length', '?')}"]
     if case.get("batch", 1) not in (1, None):
         parts.append(f"B={case['batch']}")

@@ -265,6 +265,17 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
     if not isinstance(variant_name, str) or variant_name not in VARIANTS:
         bad("variant", f"is not a variant (known: {', '.join(VARIANTS)}; see attnbench list)")
     variant = VARIANTS[variant_name]
+    frameworks = variant.frameworks
+    attention = point.get("attention")
+    if attention is not None:
+        if not isinstance(attention, str) or attention not in ATTENTIONS:
+            bad("attention", "is not a registered attention (registered: "
+                f"{', '.join(ATTENTIONS)}; a plugin registers one with register_attention)")
+        if variant.kind != "model":
+            bad("attention", f"replaces a model variant's attention, and {variant_name!r} is a "
+                f"{variant.kind} (a registered attention is a layer variant itself: variant = "
+                f"{attention!r})")
+        frameworks = ATTENTIONS[attention].frameworks
     for name, choices in (("framework", FRAMEWORKS), ("mode", MODES), ("dtype", DTYPES)):
         if name in point and point[name] not in choices:
             bad(name, f"must be one of {', '.join(choices)}")
@@ -272,9 +283,9 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
     if not isinstance(device, str) or device.partition(":")[0] not in DEVICES or (
             device.partition(":")[2] and not device.partition(":")[2].isdigit()):
         bad("device", "must be cpu, cuda or cuda:N")
-    if point["framework"] not in variant.frameworks:
-        bad("framework", f"is not available for variant {variant_name!r} "
-            f"(it has {', '.join(variant.frameworks)})")
+    if point["framework"] not in frameworks:
+        owner = f"attention {attention!r}" if attention else f"variant {variant_name!r}"
+        bad("framework", f"is not available for {owner} (it has {', '.join(frameworks)})")
     if point["mode"] not in variant.modes:
         bad("mode", f"is not a mode of {variant.kind} variant {variant_name!r} "
             f"(its modes: {', '.join(variant.modes)}; or exclude the combination)")
@@ -303,7 +314,9 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
     # Drop what does not apply to this variant; fill in what does.
     # A task case keeps chunk_len and n_buckets whatever it trains with: it is also
     # evaluated under LSH.
-    if variant.hashed or (fields["mode"] == "task" and variant.attention == "shared_qk"):
+    kind = "custom" if attention else variant.attention
+    hashed = kind == "lsh"
+    if hashed or (fields["mode"] == "task" and kind in ("shared_qk", "custom")):
         for name, default in LSH_DEFAULTS.items():
             if fields.get(name) is None:
                 fields[name] = default
@@ -315,13 +328,13 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
               or fields["n_buckets"] % 2):
             bad("n_buckets", "must be \"auto\" or an even integer >= 2")
         _check_kernel(fields, bad)
-        if not variant.hashed:
+        if not hashed:
             fields["n_hashes"] = None
     else:
         # a registered attention keeps the case fields its functions declare (local:
         # chunk_len), with the LSH defaults; every other LSH field is dropped
-        kept = attention_keywords(ATTENTIONS[variant.name]) \
-            if variant.attention == "custom" else ()
+        kept = attention_keywords(ATTENTIONS[attention or variant.name]) \
+            if kind == "custom" else ()
         for name, default in LSH_DEFAULTS.items():
             fields[name] = (default if fields.get(name) is None else fields[name]) \
                 if name in kept else None

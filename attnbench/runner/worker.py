@@ -27,7 +27,7 @@ import traceback
 from attnbench.measure.memory import is_oom
 from attnbench.runner import compile_cache
 from attnbench.runner.case import TIMED_MODES, Case
-from attnbench.variants import get_variant, load_plugin
+from attnbench.variants import case_frameworks, get_variant, load_plugin
 
 ERROR_TEXT_LIMIT = 2000
 
@@ -116,18 +116,7 @@ def measure_timed(case: Case) -> dict:
     metrics.update(step.info)
     metrics["setup_s"] = setup_s
     metrics["warmup_s"] = warmup_s
-    model = variant.kind == "model"
-    flops, formula = work.flops(case, variant.attention, model, variant.reversible)
-    median = metrics["time_median_s"]
-    metrics.update(
-        tokens_per_s=case.tokens / median if median > 0 else None,
-        time_per_token_s=median / case.tokens,
-        flops=flops,
-        flop_formula=formula,
-        flop_per_s=flops / median if median > 0 else None,
-        mem_analytic_mb=work.analytic_memory_mb(case, variant.attention, model,
-                                                variant.reversible, variant.chunked_ff),
-    )
+    metrics.update(work.work_metrics(case, variant, metrics["time_median_s"]))
     if case.device.startswith("cuda"):
         from attnbench.measure import nvml
 
@@ -138,8 +127,9 @@ def measure_timed(case: Case) -> dict:
 def measure(case: Case) -> dict:
     """The metrics of ``case`` (raises on failure)."""
     variant = get_variant(case.variant)
-    if case.framework not in variant.frameworks:
-        raise ValueError(f"variant {case.variant!r} has no {case.framework} implementation")
+    if case.framework not in case_frameworks(variant, case):
+        raise ValueError(f"{case.label()}: no {case.framework} implementation (it has "
+                         f"{', '.join(case_frameworks(variant, case))})")
     if case.mode in TIMED_MODES:
         return measure_timed(case)
     from attnbench.runner import accuracy_modes

@@ -4,7 +4,8 @@ A :class:`TaskConfig` says what is trained (task, model widths, the attention us
 optimiser settings, seed) and how it is evaluated (the attentions of the train x eval matrix,
 how many batches). Attention configurations are short strings: ``"full"`` is exact shared-QK
 attention (the paper's "full attention" rows of Table 2: same parameters as LSH, so a model
-trained with one is evaluated with the other) and ``"lsh-N"`` is LSH attention with N hashes.
+trained with one is evaluated with the other), ``"lsh-N"`` is LSH attention with N hashes, and
+any other name is a registered attention, run on the same shared query-key projection.
 A bad field raises ``ValueError`` naming the field, the value and the rule, as ``spec.py`` does.
 """
 
@@ -31,15 +32,22 @@ def _check_int(name: str, value: object, minimum: int) -> None:
 
 
 def parse_attention(name: object) -> tuple[str, int]:
-    """``"full"`` -> ("shared_qk", 1); ``"lsh-N"`` -> ("lsh", N). ValueError otherwise."""
+    """``"full"`` -> ("shared_qk", 1); ``"lsh-N"`` -> ("lsh", N); the name of a registered
+    attention (:func:`attnbench.variants.register_attention`) -> ("custom", 1). ValueError
+    otherwise."""
+    from attnbench.variants import ATTENTIONS, load_installed_attentions
+
     if name == "full":
         return "shared_qk", 1
     if isinstance(name, str) and name.startswith("lsh-") and name[4:].isdigit():
         n_hashes = int(name[4:])
         if n_hashes >= 1:
             return "lsh", n_hashes
-    raise ValueError(f"attention={name!r}: must be 'full' (exact shared-QK) or 'lsh-N' "
-                     "(LSH with N >= 1 hashes)")
+    load_installed_attentions()
+    if isinstance(name, str) and name in ATTENTIONS:
+        return "custom", 1
+    raise ValueError(f"attention={name!r}: must be 'full' (exact shared-QK), 'lsh-N' (LSH with "
+                     f"N >= 1 hashes) or a registered attention ({', '.join(ATTENTIONS)})")
 
 
 @dataclass(frozen=True)
@@ -123,10 +131,14 @@ class TaskConfig:
     # ----------------------------------------------------------------------------------------
 
     def attention_spec(self, name: str) -> AttentionSpec:
-        """The causal AttentionSpec of attention string ``name`` ("full" or "lsh-N")."""
+        """The causal AttentionSpec of attention string ``name`` ("full", "lsh-N" or a
+        registered attention). A registered attention runs on the shared query-key projection
+        (``k = q``) whatever it was registered with: every model of the matrix has the same
+        parameters, so weights trained under one attention run under each of the others."""
         kind, n_hashes = parse_attention(name)
+        custom = {"custom": name, "shared_qk": True} if kind == "custom" else {}
         return AttentionSpec(kind=kind, n_heads=self.n_heads, causal=True, n_hashes=n_hashes,
-                             n_buckets=self.n_buckets, chunk_len=self.chunk_len)
+                             n_buckets=self.n_buckets, chunk_len=self.chunk_len, **custom)
 
     def model_spec(self, name: str | None = None) -> ModelSpec:
         """The ModelSpec under attention ``name`` (``train_attention`` when None). All of a

@@ -26,7 +26,7 @@ from attnbench.measure.memory import CpuMemory, TorchCudaMemory
 from attnbench.torch_impl.common import resolve_device
 from attnbench.torch_impl.full_attention import fused_kernel
 from attnbench.torch_impl.model import LanguageModel, make_attention
-from attnbench.variants import Variant, attention_spec, model_spec
+from attnbench.variants import Variant, attention_kind, attention_spec, model_spec
 
 LEARNING_RATE = 1e-4
 
@@ -99,16 +99,18 @@ def make_step(case, variant: Variant) -> Step:
         raise ValueError(f"mode={case.mode!r}: not a timed mode")
 
     memory = TorchCudaMemory(torch, device) if device.type == "cuda" else CpuMemory()
+    kind = attention_kind(variant, case)
+    hashed = kind == "lsh"
     info = {
         "platform": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads_used": torch.get_num_threads(),
         "framework_version": torch.__version__,
         "n_params": sum(p.numel() for p in params),
-        "kernel": case.resolved_kernel if variant.hashed else None,  # the LSH kernel that ran
-        "kernel_precision": kernel_precision(case) if variant.hashed else None,
+        "kernel": case.resolved_kernel if hashed else None,  # the LSH kernel that ran
+        "kernel_precision": kernel_precision(case) if hashed else None,
         "full_attention_kernel": (fused_kernel(dtype, device.type)
-                                  if variant.attention == "full" and variant.impl == "fused"
+                                  if kind == "full" and variant.impl == "fused"
                                   else None),
         # GPU repeats run back to back: the L2 cache is warm (not flushed between calls)
         "l2_cache": "warm" if device.type != "cpu" else None,

@@ -2,8 +2,9 @@
 self-attention layer, with the same projections around it as the built-in layers, so times
 compare. Mirrors :mod:`attnbench.jax_impl.custom_attention`.
 
-With ``shared_qk`` the layer has the Reformer's shared query-key projection (``w_qk``, and
-``k = q`` is passed), otherwise separate ``w_q``, ``w_k``; both have ``w_v`` and ``w_out``.
+Where it shares the query-key projection (:func:`~attnbench.variants.shares_qk`: as the
+attention was registered, or always in a task's models) the layer has the Reformer's ``w_qk``
+(and ``k = q`` is passed), otherwise separate ``w_q``, ``w_k``; both have ``w_v`` and ``w_out``.
 The function's output is checked against the contract (shaped, typed and placed like ``v``):
 anything else is an :class:`~attnbench.variants.AttentionContractError` naming the attention
 and what it returned.
@@ -16,7 +17,7 @@ from torch import nn
 
 from attnbench.spec import AttentionSpec
 from attnbench.torch_impl.full_attention import _SelfAttentionBase
-from attnbench.variants import case_keywords, check_attention_output, get_attention
+from attnbench.variants import case_keywords, check_attention_output, get_attention, shares_qk
 
 FRAMEWORK = "torch"
 
@@ -42,7 +43,8 @@ class CustomSelfAttention(_SelfAttentionBase):
         self.attention = get_attention(spec.custom)
         self.attention.function(FRAMEWORK)  # refuse a framework it lacks when built
         factory = {"device": device, "dtype": dtype}
-        names = ("w_qk", "w_v") if self.attention.shared_qk else ("w_q", "w_k", "w_v")
+        self.shared_qk = shares_qk(spec)
+        names = ("w_qk", "w_v") if self.shared_qk else ("w_q", "w_k", "w_v")
         for name in names:
             setattr(self, name, nn.Linear(d_model, d_model, bias=False, **factory))
 
@@ -52,7 +54,7 @@ class CustomSelfAttention(_SelfAttentionBase):
         randomness (a model derives it from the block's seed, so a reversible stack replays
         it); ``buckets`` is accepted for the uniform layer interface and unused."""
         self._check_input(x)
-        if self.attention.shared_qk:
+        if self.shared_qk:
             q = k = self._split_heads(self.w_qk(x))
         else:
             q, k = self._split_heads(self.w_q(x)), self._split_heads(self.w_k(x))
