@@ -331,7 +331,7 @@ def accuracy_matrix(frame):
     them (the Table-2 summary has every one), and the paper's matrix."""
     import pandas as pd
 
-    from attnbench.report.table2 import setup_of, setup_title, task_cells
+    from attnbench.report.table2 import attention_order, setup_of, setup_title, task_cells
 
     sns = _seaborn()
     cells = task_cells(frame)
@@ -344,12 +344,11 @@ def accuracy_matrix(frame):
     paper_grid = pd.DataFrame([paper.TABLE2_ACCURACY[t] for t in paper.TABLE2_TRAIN],
                               index=list(paper.TABLE2_TRAIN), columns=list(paper.TABLE2_EVAL))
     fig, axes = _subplots(len(setups) + 1, width=4.8, height=3.4)
-    order = {name: i for i, name in enumerate(paper.TABLE2_EVAL)}
     for ax, setup in zip(axes, setups, strict=False):
         grid = ours[ours["setup"] == setup].pivot_table(index="train", columns="eval",
                                                         values="accuracy", aggfunc="mean")
-        grid = grid.reindex(index=sorted(grid.index, key=lambda n: order.get(n, 99)),
-                            columns=sorted(grid.columns, key=lambda n: order.get(n, 99)))
+        grid = grid.reindex(index=sorted(grid.index, key=attention_order),
+                            columns=sorted(grid.columns, key=attention_order))
         sns.heatmap(grid * 100, annot=True, fmt=".1f", vmin=0, vmax=100, cmap="viridis",
                     ax=ax, cbar_kws={"label": "accuracy (%)"}, annot_kws={"fontsize": 7})
         ax.set_title(f"ours: {setup} (mean over seeds)", fontsize=9)
@@ -376,7 +375,7 @@ def accuracy_vs_length(frame):
     without plateauing crossed."""
     import pandas as pd
 
-    from attnbench.report.table2 import task_cells
+    from attnbench.report.table2 import attention_order, task_cells
 
     sns = _seaborn()
     cells = pd.DataFrame.from_records(task_cells(frame))
@@ -391,9 +390,8 @@ def accuracy_vs_length(frame):
     cells = cells.groupby([series, "length", "train", "eval"], as_index=False).agg(
         accuracy=("accuracy", "mean"), converged=("converged", lambda v: False not in set(v)))
     cells["accuracy"] *= 100
-    order = {name: i for i, name in enumerate(paper.TABLE2_EVAL)}
-    trains = sorted(cells["train"].unique(), key=lambda n: order.get(n, 99))[:MAX_PANELS]
-    palette = _palette(sorted(cells["eval"].unique(), key=lambda n: order.get(n, 99)))
+    trains = sorted(cells["train"].unique(), key=attention_order)[:MAX_PANELS]
+    palette = _palette(sorted(cells["eval"].unique(), key=attention_order))
     fig, axes = _subplots(len(trains), width=4.8, height=3.4)
     for ax, train in zip(axes, trains, strict=True):
         part = cells[cells["train"] == train]

@@ -23,9 +23,11 @@ def _cell(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _sort_key(name: str) -> int:
+def attention_order(name: str) -> tuple[int, str]:
+    """The sort key of an attention name in matrices and figures: the paper's order, then
+    other attentions (registered ones) by name."""
     order = {n: i for i, n in enumerate(paper.TABLE2_EVAL)}
-    return order.get(name, len(order))
+    return order.get(name, len(order)), name
 
 
 def _number(value):
@@ -124,12 +126,12 @@ def provenance(sources) -> list[str]:
 
 
 def _matrix_lines(title: str, grid, ends: dict[str, str]) -> list[str]:
-    evals = sorted({e for row in grid.values() for e in row}, key=_sort_key)
+    evals = sorted({e for row in grid.values() for e in row}, key=attention_order)
     lines = [f"## {title}", "",
              "| trained with | " + " | ".join(f"eval {markdown_text(e)}" for e in evals)
              + " | training |",
              "|---|" + "---|" * (len(evals) + 1)]
-    for train in sorted(grid, key=_sort_key):
+    for train in sorted(grid, key=attention_order):
         mark = f" {NOT_CONVERGED}" if ends.get(train, "").startswith(NOT_CONVERGED) else ""
         lines.append(f"| {markdown_text(train)} | " + " | ".join(
             _cell(grid[train].get(e)) + (mark if e in grid[train] else "") for e in evals)
@@ -148,10 +150,10 @@ def _over_length_lines(series: tuple[str, str, str], found, ends, several_suites
              "| trained -> evaluated | " + " | ".join(f"L={n}" for n in lengths)
              + f" | paper, L={paper.TABLE2_LENGTH} | fastai repro, L={paper.TABLE2_LENGTH} |",
              "|---|" + "---|" * (len(lengths) + 2)]
-    trains = sorted({t for n in lengths for t in found[(*series, n)]}, key=_sort_key)
+    trains = sorted({t for n in lengths for t in found[(*series, n)]}, key=attention_order)
     for train in trains:
         evals = sorted({e for n in lengths for e in found[(*series, n)].get(train, {})},
-                       key=_sort_key)
+                       key=attention_order)
         for evaluated in evals:
             cells = []
             for n in lengths:
