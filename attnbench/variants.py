@@ -387,6 +387,10 @@ def describe() -> str:
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True))
                      + "  " + r[4])
+    registered = ", ".join(ATTENTIONS)
+    lines.append(f"\nRegistered attentions ({registered}): layer variants of their own, and "
+                 "in any model variant with the case field attention = NAME (forward, "
+                 "forward-backward, train-step, task; a task's eval_attentions may name them)")
     lines.append("\nLSH kernels (case field kernel): auto (default: triton for torch on CUDA, "
                  "pallas for JAX on GPU, portable on the CPU), portable (framework ops, any "
                  "device), triton (torch, CUDA), pallas (JAX, GPU); the row's kernel field "

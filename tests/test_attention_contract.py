@@ -15,6 +15,7 @@ import pytest
 from attnbench import variants
 from attnbench.cli import main
 from attnbench.spec import AttentionSpec
+from tests.registry import forget_attentions
 
 PLUGIN = '''
 """A user's attention, outside the repository: exact softmax attention, written by hand,
@@ -88,9 +89,7 @@ def plugin(tmp_path):
     path.parent.mkdir()
     path.write_text(PLUGIN)
     yield path
-    for name in ("mine", "wrong-shape", "wrong-dtype", "raises"):
-        variants.ATTENTIONS.pop(name, None)
-        variants.VARIANTS.pop(name, None)
+    forget_attentions("mine", "wrong-shape", "wrong-dtype", "raises")
 
 
 def test_a_plugin_attention_runs_through_a_suite_and_bad_ones_are_error_rows(tmp_path, plugin,
@@ -352,8 +351,7 @@ def test_an_installed_package_registers_through_the_entry_point_group(tmp_path, 
         assert variants.get_variant("entry-point-attn").frameworks == ("torch",)
         assert variants.get_variant("entry-point-attn").modes == variants.LAYER_MODES
     finally:
-        variants.ATTENTIONS.pop("entry-point-attn", None)
-        variants.VARIANTS.pop("entry-point-attn", None)
+        forget_attentions("entry-point-attn")
         sys.modules.pop("zoo_pkg", None)
 
 
@@ -421,5 +419,4 @@ def test_example_plugin_loads_as_a_suite_would(tmp_path):
         assert main(["run", str(suite), "--dry-run"]) == 0
         assert variants.get_variant("favor+").frameworks == ("torch", "jax")
     finally:
-        variants.ATTENTIONS.pop("favor+", None)
-        variants.VARIANTS.pop("favor+", None)
+        forget_attentions("favor+")

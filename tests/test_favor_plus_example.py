@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from attnbench import reference as R
-from attnbench.variants import ATTENTIONS, VARIANTS, load_plugin
+from attnbench.variants import ATTENTIONS, load_plugin
+from tests.registry import forget_attentions
 from tests.tolerances import assert_close
 
 torch = pytest.importorskip("torch")
@@ -32,8 +33,7 @@ def favor():
     module = sys.modules[ATTENTIONS["favor+"].torch.__module__]
     yield module
     if not registered:
-        del ATTENTIONS["favor+"], VARIANTS["favor+"]  # both, or it cannot register again
-        sys.modules.pop(module.__name__, None)
+        forget_attentions("favor+")
 
 
 @pytest.fixture

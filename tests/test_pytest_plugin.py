@@ -15,6 +15,7 @@ from attnbench.measure import work
 from attnbench.pytest_plugin import build_case
 from attnbench.runner.case import Case
 from attnbench.variants import get_variant
+from tests.registry import forget_attentions
 
 pytest_plugins = ["pytester"]
 
@@ -181,10 +182,7 @@ def test_the_fixture_takes_a_registered_attention_as_a_layer_and_in_a_model(pyte
         result = pytester.runpytest("--benchmark-only", f"--benchmark-json={out}",
                                     "-p", "no:cacheprovider", "-p", "no:xdist")
     finally:
-        from attnbench import variants
-
-        variants.ATTENTIONS.pop("by-hand", None)
-        variants.VARIANTS.pop("by-hand", None)
+        forget_attentions("by-hand")
     result.assert_outcomes(passed=2)
     info = {b["name"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
     layer, model = info["test_registered_layer"], info["test_registered_in_the_reformer"]
