@@ -125,6 +125,14 @@ def test_a_plugin_attention_runs_through_a_suite_and_bad_ones_are_error_rows(tmp
     assert "attention 'wrong-dtype' returned dtype torch.float64" in \
         errors["wrong-dtype"]["error"]
     assert "my attention is broken" in errors["raises"]["error"]
+    # the report's error-vs-time view holds the registered attentions beside exact attention
+    from attnbench.report.figures import error_vs_time
+    from attnbench.report.frame import tidy_frame
+    from attnbench.runs import load_source
+
+    figure = error_vs_time(tidy_frame([load_source(out)]))
+    drawn = {t.get_text() for ax in figure.axes for t in ax.get_legend().get_texts()}
+    assert {"mine", "local", "full-naive"} <= drawn
     capsys.readouterr()
     assert main(["list"]) == 0  # listing runs no plugin: only the built-in local shows
     listed = capsys.readouterr().out
@@ -249,6 +257,12 @@ def test_a_plugin_attention_runs_in_the_models_and_the_table2_matrix(tmp_path, p
     for train in ("full", "lsh-2", "mine", "local"):
         assert f"\n| {train} | " in text
     assert "transformer[mine]/torch fb L=32" in (tmp_path / "report" / "index.html").read_text()
+    from attnbench.report.frame import tidy_frame
+    from attnbench.runs import load_source
+
+    shown = set(tidy_frame([load_source(out)])["variant"])  # a model running it is its own line
+    assert {"transformer[mine]", "reformer[mine]", "transformer-shared-qk[local]",
+            "transformer-shared-qk", "lsh-transformer"} <= shown
 
 
 def test_a_model_with_a_registered_exact_attention_is_the_built_in_model(plugin):

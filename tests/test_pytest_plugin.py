@@ -15,7 +15,6 @@ from attnbench.measure import work
 from attnbench.pytest_plugin import build_case
 from attnbench.runner.case import Case
 from attnbench.variants import get_variant
-from tests.registry import forget_attentions
 
 pytest_plugins = ["pytester"]
 
@@ -178,11 +177,10 @@ def test_the_fixture_takes_a_registered_attention_as_a_layer_and_in_a_model(pyte
     _inner_project(pytester, INNER_REGISTERED)
     out = tmp_path / "bench.json"
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    try:
-        result = pytester.runpytest("--benchmark-only", f"--benchmark-json={out}",
-                                    "-p", "no:cacheprovider", "-p", "no:xdist")
-    finally:
-        forget_attentions("by-hand")
+    # in a subprocess: in-process, pytester would unload the modules the inner run imported
+    # (triton's among them), and a later import of their C extensions aborts the interpreter
+    result = pytester.runpytest_subprocess("--benchmark-only", f"--benchmark-json={out}",
+                                           "-p", "no:cacheprovider", "-p", "no:xdist")
     result.assert_outcomes(passed=2)
     info = {b["name"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
     layer, model = info["test_registered_layer"], info["test_registered_in_the_reformer"]

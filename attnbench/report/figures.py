@@ -302,6 +302,53 @@ def accuracy_vs_time(frame):
     return fig
 
 
+def error_vs_time(frame):
+    """Each approximate attention's output error against exact attention (mode approx: LSH
+    against exact shared-QK, a registered attention against exact softmax) against its time
+    at the same length, a panel per timed mode, length and approx inputs; exact attention
+    sits at error 0. Registered attentions, which expose no recall, are compared here."""
+    sns = _seaborn()
+    if "approx_out_rel_err" not in frame.columns or "time_median_s" not in frame.columns:
+        raise NoData("no approximation results (mode approx) to pair with timings")
+    approx = frame[(frame["mode"] == "approx") & (frame["status"] == "ok")
+                   & frame["approx_out_rel_err"].notna()]
+    timed = frame[frame["mode"].isin(derive.TIMED_MODES) & (frame["status"] == "ok")
+                  & frame["time_median_s"].notna()]
+    if not len(approx) or not len(timed):
+        raise NoData("needs both approximation results and timings")
+    approx = approx.assign(inputs=[o.get("inputs", "random") if isinstance(o, dict) else
+                                   "random" for o in approx.get("options", [None] * len(approx))])
+    keys = ["run_id", "framework", "length", "variant", "n_hashes", "n_buckets"]
+    error = approx.groupby([*keys, "inputs"], dropna=False)["approx_out_rel_err"] \
+        .median().reset_index()
+    approximate = timed.drop(columns=["approx_out_rel_err"]).merge(error, on=keys)
+    if not len(approximate):
+        raise NoData("no timing shares run, framework, length, variant and LSH settings with "
+                     "an approximation result")
+    exact = timed[timed["variant"].str.startswith("full")].drop(columns=["approx_out_rel_err"])
+    exact = exact.merge(approximate[["run_id", "framework", "length", "inputs"]]
+                        .drop_duplicates(), on=["run_id", "framework", "length"])
+    points = _concat([approximate, exact.assign(approx_out_rel_err=0.0)])
+    points = points.assign(
+        config=[f"{v} h={int(h)}" if not _isnan(h) else str(v) for v, h in
+                zip(points["variant"], points["n_hashes"], strict=True)],
+        panel=[f"{m} L={int(n)}, {i} inputs" for m, n, i in
+               zip(points["mode"], points["length"], points["inputs"], strict=True)])
+    panels = _panels(points, "panel")
+    fig, axes = _subplots(len(panels), width=6.0, height=3.8)
+    for ax, panel in zip(axes, panels, strict=True):
+        part = points[points["panel"] == panel]
+        sns.scatterplot(data=part, x="time_median_s", y="approx_out_rel_err", hue="config",
+                        style="framework", s=50, ax=ax)
+        ax.set_xscale("log")
+        ax.set_xlabel("median time per step (s)")
+        ax.set_ylabel("relative output error (0 = exact)")
+        ax.set_title(panel, fontsize=9)
+        _legend_outside(ax)
+    fig.tight_layout()
+    return fig
+
+
 def _concat(frames):
     import pandas as pd
 
@@ -553,6 +600,11 @@ FIGURES = (
     ("accuracy-vs-time", "Accuracy vs time (Pareto view)", accuracy_vs_time,
      "Attention-mass recall of each LSH configuration against its time at the same length; "
      "exact attention sits at recall 1."),
+    ("error-vs-time", "Approximation error vs time", error_vs_time,
+     "Relative output error of each approximate attention against its time at the same "
+     "length: LSH against exact shared-QK attention, a registered attention (which exposes "
+     "no recall) against exact softmax attention, both on the approx mode's inputs; exact "
+     "attention sits at 0. Lower left is better."),
     ("accuracy-matrix", "Train x eval accuracy on the synthetic task", accuracy_matrix,
      "Rows: attention used in training; columns: attention used in evaluation; a matrix per "
      "suite, task, framework and length. The paper's Table 2 is drawn beside ours (its task "
