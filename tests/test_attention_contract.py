@@ -319,10 +319,10 @@ def test_a_task_runs_every_attention_on_the_shared_projection(plugin):
 
 
 def test_the_suite_refuses_an_attention_field_that_cannot_run(tmp_path, plugin, capsys):
-    def refused(sweep: str) -> str:
+    def refused(sweep: str, mode: str = "forward") -> str:
         suite = tmp_path / "s.toml"
         suite.write_text(f'name = "s"\nplugins = ["{plugin}"]\n[[sweep]]\n{sweep}\n'
-                         'mode = "forward"\nlength = 64\n')
+                         f'mode = "{mode}"\nlength = 64\n')
         assert main(["run", str(suite), "--dry-run"]) == 2
         return capsys.readouterr().err
 
@@ -332,6 +332,10 @@ def test_the_suite_refuses_an_attention_field_that_cannot_run(tmp_path, plugin, 
         'variant = "lsh"\nattention = "mine"\nframework = "torch"')
     assert "not available for attention 'raises'" in refused(
         'variant = "transformer"\nattention = "raises"\nframework = "jax"')
+    assert "attention 'raises' has no jax function" in refused(
+        'variant = "transformer-shared-qk"\nframework = "jax"\n'
+        'options = {task = "duplication", eval_attentions = ["full", "raises"]}\n'
+        'chunk_len = 8', mode="task").replace("\n", " ")
 
 
 def test_register_attention_refuses_nonsense():

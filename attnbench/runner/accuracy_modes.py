@@ -51,7 +51,14 @@ def check_options(case, variant: Variant) -> None:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"options.{name}={value!r}: must be an integer >= 1")
     elif case.mode == "task":
-        task_config(case, variant)  # TaskConfig validates every field
+        config = task_config(case, variant)  # TaskConfig validates every field
+        from attnbench.variants import ATTENTIONS
+
+        for name in (config.train_attention, *config.eval_attentions):
+            if name in ATTENTIONS and case.framework not in ATTENTIONS[name].frameworks:
+                raise ValueError(f"options.eval_attentions: attention {name!r} has no "
+                                 f"{case.framework} function (it has "
+                                 f"{', '.join(ATTENTIONS[name].frameworks)})")
     elif case.options:
         raise ValueError(f"options {sorted(case.options)}: mode {case.mode!r} takes no options "
                          "(only approx and task do)")
