@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -476,6 +477,13 @@ def _error(message: str) -> None:
     print(f"attnbench compare: error: {message}", file=sys.stderr)
 
 
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False  # a missing one is load_source's error, named there
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         thresholds = Thresholds(**{name: getattr(args, name) for name in THRESHOLD_RULES})
@@ -516,6 +524,10 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             _error(f"cannot write -o {args.output}: {exc.strerror or exc} (the table is above)")
             return 2
+    if _same_file(args.base, args.head):  # a run against itself would pass every gate
+        _error(f"base {args.base} and head {args.head} are the same run: nothing was "
+               "compared with another run")
+        return 1
     paired = [c for c in comparisons if c.verdict not in (ONLY_BASE, ONLY_HEAD)]
     if not paired:
         _error(f"nothing was compared: no case of {args.head} pairs with one of {args.base} "

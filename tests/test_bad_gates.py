@@ -127,7 +127,7 @@ def test_a_compare_in_which_every_case_failed_on_both_sides_fails(tmp_path, caps
 
 def test_a_case_failing_on_both_sides_is_listed_but_not_a_regression(tmp_path, capsys):
     """The golden run has failed cases (timeout, oom, error, skipped) and cases with no time or
-    memory (approx, task): compared with itself, those are 'not measured', the rest
+    memory (approx, task): compared with a copy of itself, those are 'not measured', the rest
     'unchanged', and the comparison passes."""
     rows = read_rows(GOLDEN)
     results = {c.case_id: c for c in compare_rows(rows, rows)}
@@ -139,7 +139,7 @@ def test_a_case_failing_on_both_sides_is_listed_but_not_a_regression(tmp_path, c
         assert c.verdict == ("unchanged" if measured else NOT_MEASURED), (c, row["status"])
         if row["status"] != "ok":
             assert row["status"] in c.reasons[0]
-    assert main(["compare", str(GOLDEN), str(GOLDEN)]) == 0
+    assert main(["compare", str(GOLDEN), str(copy_run(tmp_path, "same-rows"))]) == 0
     out = capsys.readouterr().out
     assert "timeout  " in out and "not measured" in out
 
@@ -317,10 +317,11 @@ def test_markdown_cells_carry_no_html_from_a_hostile_run(tmp_path, capsys):
     def rewrite(row):
         return {**row, "case": {**row["case"], "variant": f"{hostile}|a&b\nnext"}}
 
-    run = copy_run(tmp_path, "evil", rows=rewrite)
-    meta = json.loads((run / "meta.json").read_text())
-    (run / "meta.json").write_text(json.dumps({**meta, "run_id": "<b>bold</b>"}))
-    assert main(["compare", str(run), str(run), "--format", "markdown"]) == 0
+    runs = [copy_run(tmp_path, name, rows=rewrite) for name in ("evil", "evil-again")]
+    for run in runs:
+        meta = json.loads((run / "meta.json").read_text())
+        (run / "meta.json").write_text(json.dumps({**meta, "run_id": "<b>bold</b>"}))
+    assert main(["compare", *map(str, runs), "--format", "markdown"]) == 0
     out = capsys.readouterr().out
     assert "<" not in out and ">" not in out, out
     assert "&lt;img src=x onerror=alert(1)&gt;\\|a&amp;b next/torch" in out
@@ -386,3 +387,14 @@ def test_a_contract_from_a_hostile_meta_json_fails_naming_the_field(change, why)
     fails the contract (never a traceback, never a vacuous pass)."""
     [result] = evaluate_contracts(contract_rows(0.01, 0.1), [{**CONTRACT, **change}])
     assert not result.passed and why in result.message, result
+
+
+def test_a_run_compared_with_itself_fails_the_gate(tmp_path, capsys):
+    """Comparing a run with itself would pass every gate and measure nothing: the table is
+    shown, and the exit status is 1 as when nothing was compared."""
+    run = copy_run(tmp_path, "run")
+    (tmp_path / "alias").symlink_to(run)
+    for head in (run, tmp_path / "alias", tmp_path / "." / "run"):
+        assert main(["compare", str(run), str(head)]) == 1
+        assert "are the same run" in capsys.readouterr().err
+    assert main(["compare", str(run), str(copy_run(tmp_path, "copy"))]) == 0

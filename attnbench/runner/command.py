@@ -269,7 +269,14 @@ def _run_and_export(store: RunStore, selected, run_id: str, args, ray=None) -> i
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing new to run"
     exported, csv_note = _export_csv(out)
     print(f"{summary}; {csv_note}", file=sys.stderr)
-    return 0 if exported else 2
+    if not exported:
+        return 2
+    if counts and not counts.get("ok"):
+        # every case this command ran failed: a sweep that measured nothing is not a success
+        print("attnbench run: no case ran ok (each one's row says why): exit status 1",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _export_csv(out: Path) -> tuple[bool, str]:

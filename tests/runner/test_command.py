@@ -204,3 +204,25 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert threads and shown["threads"] == ", ".join(map(str, sorted(threads)))
     page = (out_dir / "index.html").read_text()
     assert f"<td>{git_commit().short}</td>" in page
+
+
+def test_a_sweep_in_which_no_case_ran_ok_exits_1_and_keeps_its_rows(tmp_path):
+    """A sweep that measured nothing is not a success; one ok case is."""
+    from tests.registry import PLUGIN
+
+    plugin = tmp_path / "elsewhere" / "my_attention.py"
+    plugin.parent.mkdir()
+    plugin.write_text(PLUGIN)
+    suite = tmp_path / "broken.toml"
+    suite.write_text(f'name = "broken"\nplugins = ["{plugin}"]\n[[sweep]]\n'
+                     'variant = ["raises", "wrong-shape"]\nframework = "torch"\n'
+                     'mode = "forward"\nlength = 32\nd_model = 16\nn_heads = 2\n'
+                     'min_repeats = 1\nmax_repeats = 1\n')
+    out = attnbench("run", str(suite), "--out", str(tmp_path / "run"), "--no-progress")
+    assert out.returncode == 1, out.stderr
+    assert "no case ran ok" in out.stderr
+    rows = (tmp_path / "run" / "results.jsonl").read_text().splitlines()
+    assert [json.loads(r)["status"] for r in rows] == ["error", "error"]
+    suite.write_text(suite.read_text().replace('"wrong-shape"]', '"wrong-shape", "mine"]'))
+    out = attnbench("run", str(suite), "--out", str(tmp_path / "run2"), "--no-progress")
+    assert out.returncode == 0, out.stderr
