@@ -137,8 +137,8 @@ def case_label(case: Mapping[str, Any]) -> str:
     """The one label of a case, from a :class:`Case` or a stored row's case dict (missing
     fields show as ``?``): ``lsh/torch fb L=4096 h=4``, with the kernel when it is not the
     portable core, the registered attention a model runs (``transformer[local]``), the
-    buckets of an approximation case, the attention a task trained with,
-    and the device and dtype when they are not the CPU and float32."""
+    buckets and (unless random) the inputs of an approximation case, the attention a task
+    trained with, and the device and dtype when they are not the CPU and float32."""
     mode = case.get("mode", "?")
     attention = f"[{case['attention']}]" if case.get("attention") else ""
     parts = [f"{case.get('variant', '?')}{attention}/{case.get('framework', '?')}",
@@ -157,6 +157,9 @@ def case_label(case: Mapping[str, Any]) -> str:
     options = case.get("options")
     if isinstance(options, dict) and options.get("train_attention"):
         parts.append(f"train={options['train_attention']}")
+    if isinstance(options, dict) and mode == "approx" and \
+            options.get("inputs", "random") != "random":
+        parts.append(f"inputs={options['inputs']}")  # clustered and random cases differ
     if case.get("device", "cpu") != "cpu":
         parts.append(str(case.get("device")))
     if case.get("dtype", "float32") != "float32":

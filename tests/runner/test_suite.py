@@ -266,3 +266,14 @@ def test_listing_the_suites_runs_no_plugin(monkeypatch):
     monkeypatch.setattr("attnbench.runner.suite.load_plugin", refuse)
     names = [name for name, _ in command.shipped_suites()]
     assert "peers" in names and "quickstart" in names
+
+
+def test_approx_cases_on_other_inputs_have_other_labels():
+    from attnbench.runner.suite import parse_suite
+
+    suite = parse_suite({"name": "s", "sweep": [{
+        "variant": "lsh", "framework": "torch", "mode": "approx", "length": 128,
+        "chunk_len": 32, "options": [{"inputs": "clustered"}, {"inputs": "random"}, {}]}]})
+    labels = [case.label() for case in suite.cases]
+    assert labels[0].endswith("inputs=clustered")
+    assert labels[1] == labels[2] == "lsh/torch approx L=128 h=1 b=8"  # random: the default
