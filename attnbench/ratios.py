@@ -90,10 +90,54 @@ def _describe(selector: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{k}={v!r}" for k, v in selector.items()) + "}"
 
 
-def _select(rows: list[dict[str, Any]], selector: dict[str, Any], role: str) -> dict[str, Any]:
+_ABSENT = object()
+
+
+class _RowIndex:
+    """One run's rows by each case field (or option) a selector names, built per field on
+    first use: selecting for C contracts costs about C + rows, not C x rows. A field holding
+    an unhashable value (a list, a table) in any row is scanned instead."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+        self.cases = [row_case(row) for row in rows]
+        self._fields: dict[str, dict | None] = {}
+
+    def _field(self, key: str) -> dict | None:
+        if key not in self._fields:
+            index: dict | None = {}
+            for i, case in enumerate(self.cases):
+                options = case.get("options") if isinstance(case.get("options"), dict) else {}
+                have = case[key] if key in case else options.get(key, _ABSENT)
+                if have is _ABSENT:
+                    continue
+                try:
+                    index.setdefault(have, []).append(i)
+                except TypeError:  # unhashable: this field is scanned
+                    index = None
+                    break
+            self._fields[key] = index
+        return self._fields[key]
+
+    def matching(self, selector: dict[str, Any]) -> list[dict[str, Any]]:
+        """The rows ``selector`` matches, in row order (as :func:`selector_matches`)."""
+        candidates: list[int] | None = None
+        for key, want in selector.items():
+            index = self._field(key)
+            try:
+                found = None if index is None else index.get(want, [])
+            except TypeError:  # an unhashable wanted value: left to the scan below
+                found = None
+            if found is not None and (candidates is None or len(found) < len(candidates)):
+                candidates = found
+        ids = range(len(self.rows)) if candidates is None else candidates
+        return [self.rows[i] for i in ids if selector_matches(selector, self.cases[i])]
+
+
+def _select(rows: _RowIndex, selector: dict[str, Any], role: str) -> dict[str, Any]:
     if not isinstance(selector, dict) or not selector:
         raise _SelectionFailed(f"{role} selector is missing or empty")
-    matches = [row for row in rows if selector_matches(selector, row_case(row))]
+    matches = rows.matching(selector)
     if not matches:
         raise _SelectionFailed(f"no case matches {role} {_describe(selector)}")
     if len(matches) > 1:
@@ -132,7 +176,10 @@ def _contract_problem(contract: dict[str, Any]) -> str | None:
     return None
 
 
-def evaluate_contract(rows: list[dict[str, Any]], contract: dict[str, Any]) -> ContractResult:
+def evaluate_contract(rows: list[dict[str, Any]] | _RowIndex,
+                      contract: dict[str, Any]) -> ContractResult:
+    if not isinstance(rows, _RowIndex):
+        rows = _RowIndex(rows)
     name = str(contract.get("name") or "unnamed contract")
     metric = contract.get("metric") or "time_median_s"
     max_ratio = contract.get("max_ratio")
@@ -171,5 +218,5 @@ def evaluate_contract(rows: list[dict[str, Any]], contract: dict[str, Any]) -> C
 def evaluate_contracts(rows: Iterable[dict[str, Any]],
                        contracts: Iterable[dict[str, Any]]) -> list[ContractResult]:
     """Evaluate every contract on one run's rows (the last row of each case counts)."""
-    rows = latest_per_case(list(rows))
-    return [evaluate_contract(rows, c) for c in contracts]
+    index = _RowIndex(latest_per_case(list(rows)))
+    return [evaluate_contract(index, c) for c in contracts]

@@ -129,3 +129,46 @@ def test_check_on_the_golden_run(data_dir, capsys):
     meta = json.loads((data_dir / "torch-cpu" / "meta.json").read_text())
     for c in meta["suite"]["contracts"]:
         assert c["name"] in out
+
+
+def _rows(n: int) -> list[dict]:
+    """n rows as the runner writes them: alternately LSH and full attention over lengths, with
+    options holding a list (unhashable) on every third row."""
+    rows = []
+    for i in range(n):
+        options = {"eval_attentions": ["full", "lsh-1"]} if i % 3 == 0 else {"inputs": "random"}
+        rows.append({"case_id": f"{i:012x}", "status": "ok", "metrics": {"time_median_s": i + 1.0},
+                     "case": {"variant": "lsh" if i % 2 else "full-fused", "framework": "torch",
+                              "mode": "forward", "length": 64 * (i // 2 + 1), "causal": i % 4 == 1,
+                              "n_hashes": 1 if i % 2 else None, "options": options}})
+    return rows
+
+
+@pytest.mark.parametrize("selector", [
+    {"variant": "lsh"}, {"variant": "lsh", "length": 128}, {"length": 128, "causal": True},
+    {"causal": 1}, {"inputs": "random", "length": 192}, {"eval_attentions": ["full", "lsh-1"]},
+    {"eval_attentions": ["full", "lsh-1"], "length": 64}, {"n_hashes": None},
+    {"variant": "nope"}, {"options": {"inputs": "random"}, "length": 256}])
+def test_the_row_index_selects_what_a_scan_selects(selector):
+    from attnbench.ratios import _RowIndex, selector_matches
+
+    rows = _rows(60)
+    assert _RowIndex(rows).matching(selector) == [
+        r for r in rows if selector_matches(selector, r["case"])]
+
+
+def test_contracts_look_at_a_few_rows_each_not_every_row(monkeypatch):
+    """Checking C contracts on R rows compares each selector with its few candidates: about C
+    comparisons, where scanning took C x R (2,000 contracts on 10^4 rows took minutes)."""
+    from attnbench import ratios
+
+    calls = []
+    scan = ratios.selector_matches
+    monkeypatch.setattr(ratios, "selector_matches", lambda s, c: calls.append(1) or scan(s, c))
+    contracts = [{"name": f"c{j}", "metric": "time_median_s", "max_ratio": 10.0,
+                  "numerator": {"variant": "lsh", "length": 64 * (j + 1)},
+                  "denominator": {"variant": "full-fused", "length": 64 * (j + 1)}}
+                 for j in range(500)]
+    results = ratios.evaluate_contracts(_rows(2000), contracts)
+    assert all(r.passed for r in results), [r.message for r in results if not r.passed][:3]
+    assert len(calls) <= 2 * 2 * len(contracts)  # two selectors, at most two candidates each
