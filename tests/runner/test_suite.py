@@ -277,3 +277,38 @@ def test_approx_cases_on_other_inputs_have_other_labels():
     labels = [case.label() for case in suite.cases]
     assert labels[0].endswith("inputs=clustered")
     assert labels[1] == labels[2] == "lsh/torch approx L=128 h=1 b=8"  # random: the default
+
+
+def test_excludes_match_as_comparing_each_table_would():
+    import itertools
+
+    from attnbench.runner.suite import _Excludes
+
+    excludes = [{"variant": "lsh", "length": 128}, {"length": 256}, {"n_hashes": None},
+                {"variant": "full-fused", "n_hashes": 2}, {"options": {"inputs": "random"}},
+                {"length": 512.0, "causal": True}, {"options": [1, 2], "length": 64}]
+    points = [dict(zip(("variant", "length", "n_hashes", "causal", "options"), values,
+                       strict=True))
+              for values in itertools.product(["lsh", "full-fused"], [64, 128, 256, 512],
+                                              [None, 1, 2], [True, False, 1],
+                                              [{}, {"inputs": "random"}, [1, 2]])]
+    index = _Excludes(excludes)
+    for point in points:
+        brute = any(all(point.get(k) == v for k, v in ex.items()) for ex in excludes)
+        assert index.match(point.get) == brute, point
+
+
+def test_an_exclude_on_a_resolved_field_or_an_options_table_removes_its_cases():
+    from attnbench.runner.suite import parse_suite
+
+    suite = parse_suite({"name": "s", "sweep": [{
+        "variant": ["lsh", "full-fused"], "framework": "torch", "mode": "forward",
+        "length": [128, 256], "chunk_len": 32}],
+        "exclude": [{"n_buckets": 16}, {"variant": "full-fused", "length": 256}]})
+    assert sorted(c.label() for c in suite.cases) == ["full-fused/torch fwd L=128",
+                                                      "lsh/torch fwd L=128 h=1"]
+    approx = parse_suite({"name": "s", "sweep": [{
+        "variant": "lsh", "framework": "torch", "mode": "approx", "length": 128,
+        "chunk_len": 32, "options": [{"inputs": "clustered"}, {"inputs": "random"}]}],
+        "exclude": [{"options": {"inputs": "random"}}]})
+    assert [c.options for c in approx.cases] == [{"inputs": "clustered"}]
