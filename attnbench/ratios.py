@@ -75,6 +75,10 @@ class _SelectionFailed(Exception):
 def selector_matches(selector: dict[str, Any], case: dict[str, Any]) -> bool:
     options = case.get("options") if isinstance(case.get("options"), dict) else {}
     for key, want in selector.items():
+        if key == "attention" and want == "":  # the variant's own attention (TOML has no null)
+            if case.get("attention"):
+                return False
+            continue
         if key in case:
             have = case[key]
         elif key in options:
@@ -123,6 +127,8 @@ class _RowIndex:
         """The rows ``selector`` matches, in row order (as :func:`selector_matches`)."""
         candidates: list[int] | None = None
         for key, want in selector.items():
+            if key == "attention" and want == "":  # "none": not indexed
+                continue
             index = self._field(key)
             try:
                 found = None if index is None else index.get(want, [])

@@ -226,3 +226,33 @@ def test_the_suite_refuses_an_attention_field_that_cannot_run(tmp_path, plugin, 
         'variant = "transformer-shared-qk"\nframework = "jax"\n'
         'options = {task = "duplication", eval_attentions = ["full", "raises"]}\n'
         'chunk_len = 8', mode="task").replace("\n", " ")
+
+
+def test_attention_empty_is_the_variants_own_in_sweeps_excludes_and_contracts(plugin):
+    """TOML has no null: ``attention = ""`` names the model's own attention, so one sweep
+    holds the Transformer beside its registered variants, and a contract or an exclusion can
+    select it."""
+    from attnbench.ratios import evaluate_contracts
+    from attnbench.runner.suite import parse_suite
+
+    suite = parse_suite({
+        "name": "own", "plugins": [str(plugin)],
+        "sweep": [{"variant": "transformer", "attention": ["", "mine"],
+                   "framework": ["torch", "jax"], "mode": "forward", "length": 32}],
+        "exclude": [{"attention": "", "framework": "jax"}]})
+    assert [c.label() for c in suite.cases] == [
+        "transformer/torch fwd L=32", "transformer[mine]/torch fwd L=32",
+        "transformer[mine]/jax fwd L=32"]
+    assert suite.cases[0].attention is None  # the same case as a sweep without the field
+    assert suite.cases[0].case_id == parse_suite({"name": "own", "sweep": [{
+        "variant": "transformer", "framework": "torch", "mode": "forward",
+        "length": 32}]}).cases[0].case_id
+    rows = [{"case_id": c.case_id, "case": c.to_dict(), "status": "ok",
+             "metrics": {"time_median_s": 1.0 + i}} for i, c in enumerate(suite.cases)]
+    [result] = evaluate_contracts(rows, [{
+        "name": "mine against the Transformer's own", "metric": "time_median_s",
+        "numerator": {"variant": "transformer", "attention": "mine", "framework": "torch"},
+        "denominator": {"variant": "transformer", "attention": "", "framework": "torch"},
+        "max_ratio": 3}])
+    assert result.passed and result.ratio == 2.0, result.message
+    assert result.denominator_label == "transformer/torch fwd L=32"

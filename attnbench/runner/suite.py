@@ -223,7 +223,8 @@ def _excludes(value, key: str, fail) -> list[dict]:
         for k in entry:
             if k not in AXES:
                 fail(f"{key}[{i}].{k}", f"unknown case field (known: {', '.join(AXES)})")
-    return list(value)
+    # attention = "": the variant's own attention, which a case records as none
+    return [{**e, "attention": None} if e.get("attention") == "" else e for e in value]
 
 
 def _axis(values: dict, name: str) -> list:
@@ -298,6 +299,8 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
     variant = VARIANTS[variant_name]
     frameworks = variant.frameworks
     attention = point.get("attention")
+    if attention == "":  # the variant's own (an axis can hold it beside registered ones)
+        attention = None
     if attention is not None:
         if not isinstance(attention, str) or attention not in ATTENTIONS:
             bad("attention", "is not a registered attention (registered: "
@@ -336,6 +339,7 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
         bad("options", "must be a table (or a list of tables, one per value)")
 
     fields = {k: v for k, v in point.items() if k != "tokens_per_batch"}
+    fields["attention"] = attention
     fields["suite"] = suite
     if "tokens_per_batch" in point:
         tpb, length = point["tokens_per_batch"], point["length"]
