@@ -43,6 +43,7 @@ their own metrics (``approx_*``, ``task_*``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.meta import SCHEMA_VERSION, MetaError, RunMeta
+from attnbench.runner.case import Case
 from attnbench.safeio import (
     UnsafePathError,
     is_temp_name,
@@ -311,7 +313,7 @@ def row_problem(row: Any) -> str | None:
         return f"case_id must be a non-empty string, not {row.get('case_id')!r}"
     if not isinstance(row.get("case"), dict):
         return "case must be an object"
-    wrong = case_problem(row["case"])
+    wrong = case_problem(row["case"]) or case_id_problem(row["case_id"], row["case"])
     if wrong:
         return wrong
     wall = row.get("wall_s")
@@ -339,6 +341,9 @@ UNIT_SUFFIXES = ("_s", "_mb", "_per_s", "_frac")
 # pytest-benchmark row holds a partial case); the rest are free.
 _CASE_TEXT = ("variant", "framework", "mode", "device", "dtype", "kernel",
               "attention")
+# A case holding every field Case.to_dict() writes is checked against its id; attention is
+# not required (rows written before it existed lack it, and their ids hold without it).
+_CASE_FIELDS = frozenset(f.name for f in dataclasses.fields(Case)) - {"attention"}
 _CASE_COUNTS = ("length", "batch", "d_model", "n_heads", "d_ff", "depth", "vocab_size",
                 "n_hashes", "n_buckets", "chunk_len", "ff_chunk_len", "threads")
 # Metrics with a kind beyond their unit: a mark, its reasons, and shares of one.
@@ -358,6 +363,23 @@ def case_problem(case: dict) -> str | None:
             return f"case.{name} = {value!r}: must be a positive integer"
     if "causal" in case and not isinstance(case["causal"], bool | None):
         return f"case.causal = {case['causal']!r}: must be true or false"
+    return None
+
+
+def case_id_problem(case_id: str, case: dict) -> str | None:
+    """Whether a row's ``case_id`` is its case's (:attr:`Case.case_id`, the hash of what it
+    measures): ``compare``, ``check`` and the history pair and keep rows by id, so a row
+    whose id names another case (a hand edit, two files spliced) would stand for it, and two
+    cases under one id would lose one silently. Checked where the case is whole, as the
+    runner and the fixture write it; a bare pytest-benchmark row holds a partial case."""
+    if not _CASE_FIELDS <= set(case):
+        return None
+    try:
+        expected = Case.from_dict(case).case_id
+    except (TypeError, ValueError) as exc:
+        return f"case does not describe a case ({exc})"
+    if case_id != expected:
+        return f"case_id {case_id!r} is not its case's ({expected!r}): edited or spliced?"
     return None
 
 

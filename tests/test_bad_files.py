@@ -437,6 +437,28 @@ def test_a_metric_that_is_not_a_number_of_its_kind_is_an_unreadable_row(tmp_path
     assert "Infinity" not in (tmp_path / "x.csv").read_text()
 
 
+@pytest.mark.parametrize("edit", ["length", "case_id", "splice"])
+def test_a_row_whose_id_is_not_its_cases_is_unreadable(tmp_path, capsys, edit):
+    """compare, check and the history pair rows by case_id: a row naming another case's id
+    (an edited field, an edited id, a row spliced in under another's id) must not stand for
+    it, nor hide the case it replaces."""
+    run = copy_run(tmp_path)
+    lines = (run / "results.jsonl").read_text().splitlines(keepends=True)
+    row, other = json.loads(lines[0]), json.loads(lines[1])
+    if edit == "length":
+        row["case"]["length"] *= 2
+    elif edit == "case_id":
+        row["case_id"] = "0123456789ab"
+    else:
+        row["case_id"] = other["case_id"]
+    lines[0] = json.dumps(row) + "\n"
+    (run / "results.jsonl").write_text("".join(lines))
+    assert main(["compare", str(run), str(DATA / "torch-cpu")]) == 2
+    err = capsys.readouterr().err
+    assert "results.jsonl:1" in err and "is not its case's" in err, err
+    assert main(["check", str(run)]) == 2
+
+
 def test_a_pytest_benchmark_file_with_a_text_metric_is_read_without_a_traceback(tmp_path,
                                                                                   capsys):
     data = json.loads((DATA / "pytest_benchmark.json").read_text())

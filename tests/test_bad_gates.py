@@ -30,6 +30,7 @@ from attnbench.compare import (
 )
 from attnbench.meta import Environment
 from attnbench.ratios import evaluate_contracts
+from attnbench.runner.case import Case
 from tests.report.conftest import DATA
 
 GOLDEN = DATA / "torch-cpu"
@@ -314,8 +315,9 @@ def test_a_hundred_thousand_samples_a_side_are_tested(monkeypatch, scipy):
 def test_markdown_cells_carry_no_html_from_a_hostile_run(tmp_path, capsys):
     hostile = "<img src=x onerror=alert(1)>"
 
-    def rewrite(row):
-        return {**row, "case": {**row["case"], "variant": f"{hostile}|a&b\nnext"}}
+    def rewrite(row):  # a hostile author computes the case's id too
+        case = {**row["case"], "variant": f"{hostile}|a&b\nnext"}
+        return {**row, "case": case, "case_id": Case.from_dict(case).case_id}
 
     runs = [copy_run(tmp_path, name, rows=rewrite) for name in ("evil", "evil-again")]
     for run in runs:
