@@ -30,3 +30,16 @@ def device(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def plugin(tmp_path):
+    """A user's attention plugin file outside the repository (``tests.registry.PLUGIN``),
+    forgotten afterwards."""
+    from tests.registry import PLUGIN, USER_ATTENTIONS, forget_attentions
+
+    path = tmp_path / "elsewhere" / "my_attention.py"
+    path.parent.mkdir()
+    path.write_text(PLUGIN)
+    yield path
+    forget_attentions(*USER_ATTENTIONS)

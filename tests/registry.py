@@ -61,13 +61,3 @@ register_attention("raises", summary="raises", torch=_raises)
 '''
 
 USER_ATTENTIONS = ("mine", "wrong-shape", "wrong-dtype", "raises")
-
-
-def user_plugin(tmp_path):
-    """Write :data:`PLUGIN` outside the repository and yield its path; forget what it
-    registered afterwards (a fixture's body: ``yield from user_plugin(tmp_path)``)."""
-    path = tmp_path / "elsewhere" / "my_attention.py"
-    path.parent.mkdir()
-    path.write_text(PLUGIN)
-    yield path
-    forget_attentions(*USER_ATTENTIONS)

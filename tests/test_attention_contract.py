@@ -15,7 +15,7 @@ import pytest
 from attnbench import variants
 from attnbench.cli import main
 from attnbench.spec import AttentionSpec
-from tests.registry import forget_attentions, user_plugin
+from tests.registry import forget_attentions
 
 SUITE = '''name = "byo"
 plugins = ["{plugin}"]
@@ -42,11 +42,6 @@ variant = ["wrong-shape", "wrong-dtype", "raises"]
 framework = "torch"
 mode = "forward"
 '''
-
-
-@pytest.fixture
-def plugin(tmp_path):
-    yield from user_plugin(tmp_path)
 
 
 def test_a_plugin_attention_runs_through_a_suite_and_bad_ones_are_error_rows(tmp_path, plugin,

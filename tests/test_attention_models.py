@@ -13,13 +13,6 @@ from attnbench import variants
 from attnbench.cli import main
 from attnbench.runner.case import Case
 from attnbench.spec import AttentionSpec
-from tests.registry import user_plugin
-
-
-@pytest.fixture
-def plugin(tmp_path):
-    yield from user_plugin(tmp_path)
-
 
 MODEL_SUITE = '''name = "byo-models"
 plugins = ["{plugin}"]
@@ -55,12 +48,7 @@ framework = ["torch", "jax"]
 exclude = [{{attention = "local", framework = "jax"}}]
 mode = "task"
 batch = 8
-[sweep.options]
-task = "duplication"
-steps = 10
-log_every = 10
-eval_batches = 1
-eval_attentions = ["full", "lsh-2", "mine", "local"]
+{matrix_options}
 [[sweep]]
 name = "built-in rows evaluated under the plugin"
 variant = ["transformer-shared-qk", "lsh-transformer"]
@@ -68,12 +56,7 @@ n_hashes = 2
 framework = "torch"
 mode = "task"
 batch = 8
-[sweep.options]
-task = "duplication"
-steps = 10
-log_every = 10
-eval_batches = 1
-eval_attentions = ["full", "lsh-2", "mine", "local"]
+{matrix_options}
 [[sweep]]
 name = "contract breakers"
 variant = "transformer"
@@ -86,18 +69,22 @@ variant = "transformer-shared-qk"
 framework = "torch"
 mode = "task"
 batch = 8
-[sweep.options]
+{breaker_options}
+'''
+# the task every matrix row trains and is evaluated in (the contract breaker's: full, raises)
+MATRIX_OPTIONS = '''[sweep.options]
 task = "duplication"
 steps = 10
 log_every = 10
 eval_batches = 1
-eval_attentions = ["full", "raises"]
-'''
+eval_attentions = ["full", "lsh-2", "mine", "local"]'''
 
 
 def test_a_plugin_attention_runs_in_the_models_and_the_table2_matrix(tmp_path, plugin):
     suite = tmp_path / "byo-models.toml"
-    suite.write_text(MODEL_SUITE.format(plugin=plugin))
+    breaker = MATRIX_OPTIONS.replace('"lsh-2", "mine", "local"]', '"raises"]')
+    suite.write_text(MODEL_SUITE.format(plugin=plugin, matrix_options=MATRIX_OPTIONS,
+                                        breaker_options=breaker))
     out = tmp_path / "run"
     assert main(["run", str(suite), "--out", str(out), "--no-progress",
                  "--no-compile-cache"]) == 0

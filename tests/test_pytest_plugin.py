@@ -15,6 +15,7 @@ from attnbench.measure import work
 from attnbench.pytest_plugin import build_case
 from attnbench.runner.case import Case
 from attnbench.variants import get_variant
+from tests.registry import PLUGIN
 
 pytest_plugins = ["pytester"]
 
@@ -140,32 +141,21 @@ def test_benchmark_json_carries_memory_work_case_compile_and_accuracy(pytester, 
 
 
 INNER_REGISTERED = '''
-import math
+from pathlib import Path
 
-import torch
+from attnbench.variants import load_plugin
 
-from attnbench.variants import register_attention
-
-
-def softmax_by_hand(q, k, v, *, causal, generator=None):
-    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if causal:
-        n = q.shape[-2]
-        logits = logits.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), -1e9)
-    return torch.softmax(logits, -1) @ v
-
-
-register_attention("by-hand", summary="exact attention, written in a test", torch=softmax_by_hand)
+load_plugin(str(Path(__file__).with_name("my_attention.py")))  # registers "mine"
 
 
 def test_registered_layer(attn_benchmark):
-    attn_benchmark(variant="by-hand", framework="torch", mode="forward-backward", length=64,
+    attn_benchmark(variant="mine", framework="torch", mode="forward-backward", length=64,
                    d_model=32, n_heads=2, causal=True, threads=1, rounds=2)
     attn_benchmark.attach_approximation(n_seeds=1)
 
 
 def test_registered_in_the_reformer(attn_benchmark):
-    attn_benchmark(variant="reformer", attention="by-hand", framework="torch",
+    attn_benchmark(variant="reformer", attention="mine", framework="torch",
                    mode="train-step", length=64, d_model=32, n_heads=2, d_ff=32, vocab_size=16,
                    threads=1, rounds=2)
 '''
@@ -175,6 +165,7 @@ def test_the_fixture_takes_a_registered_attention_as_a_layer_and_in_a_model(pyte
                                                                            monkeypatch):
     pytest.importorskip("torch")
     _inner_project(pytester, INNER_REGISTERED)
+    pytester.makepyfile(my_attention=PLUGIN)  # a user's plugin beside their tests
     out = tmp_path / "bench.json"
     monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     # in a subprocess: in-process, pytester would unload the modules the inner run imported
@@ -184,11 +175,11 @@ def test_the_fixture_takes_a_registered_attention_as_a_layer_and_in_a_model(pyte
     result.assert_outcomes(passed=2)
     info = {b["name"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
     layer, model = info["test_registered_layer"], info["test_registered_in_the_reformer"]
-    assert layer["label"] == "by-hand/torch fb L=64" and layer["status"] == "ok"
+    assert layer["label"] == "mine/torch fb L=64" and layer["status"] == "ok"
     assert layer["approx_out_rel_err"] < 1e-5  # exact attention: no approximation error
     assert layer["approx_recall"] is None and layer["flops"] is None
-    assert model["label"] == "reformer[by-hand]/torch train L=64" and model["status"] == "ok"
-    assert model["attention"] == "by-hand" and model["mem_peak_mb"] >= 0
+    assert model["label"] == "reformer[mine]/torch train L=64" and model["status"] == "ok"
+    assert model["attention"] == "mine" and model["mem_peak_mb"] >= 0
 
 
 INNER_DISABLED = '''

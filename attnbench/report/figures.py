@@ -254,19 +254,26 @@ def error_hash_grid(frame):
 # --------------------------------------------------------------------------------------------
 
 
+def _approx_and_timed(frame, metric: str):
+    """The ok approx rows that hold ``metric`` and the ok timed rows with a time, which the
+    accuracy-vs-time views pair; NoData when either is missing."""
+    if metric not in frame.columns or "time_median_s" not in frame.columns:
+        raise NoData("no approximation results (mode approx) to pair with timings")
+    approx = frame[(frame["mode"] == "approx") & (frame["status"] == "ok")
+                   & frame[metric].notna()]
+    timed = frame[frame["mode"].isin(derive.TIMED_MODES) & (frame["status"] == "ok")
+                  & frame["time_median_s"].notna()]
+    if not len(approx) or not len(timed):
+        raise NoData("needs both approximation results and timings")
+    return approx, timed
+
+
 def accuracy_vs_time(frame):
     """Each LSH configuration's attention-mass recall (mode approx) against its time at the
     same length, with exact attention at recall 1; the Pareto front joins the points no
     other point beats on both axes."""
     sns = _seaborn()
-    if "approx_recall" not in frame.columns:
-        raise NoData("no approximation results (mode approx) to pair with timings")
-    approx = frame[(frame["mode"] == "approx") & (frame["status"] == "ok")
-                   & frame["approx_recall"].notna()]
-    timed = frame[frame["mode"].isin(derive.TIMED_MODES) & (frame["status"] == "ok")
-                  & frame["time_median_s"].notna()] if "time_median_s" in frame.columns else []
-    if not len(approx) or not len(timed):
-        raise NoData("needs both approximation results and timings")
+    approx, timed = _approx_and_timed(frame, "approx_recall")
     keys = ["run_id", "framework", "length", "n_hashes", "n_buckets"]
     recall = approx.groupby(keys, dropna=False)["approx_recall"].median().reset_index()
     timed = timed.drop(columns=["approx_recall"])
@@ -308,14 +315,7 @@ def error_vs_time(frame):
     at the same length, a panel per timed mode, length and approx inputs; exact attention
     sits at error 0. Registered attentions, which expose no recall, are compared here."""
     sns = _seaborn()
-    if "approx_out_rel_err" not in frame.columns or "time_median_s" not in frame.columns:
-        raise NoData("no approximation results (mode approx) to pair with timings")
-    approx = frame[(frame["mode"] == "approx") & (frame["status"] == "ok")
-                   & frame["approx_out_rel_err"].notna()]
-    timed = frame[frame["mode"].isin(derive.TIMED_MODES) & (frame["status"] == "ok")
-                  & frame["time_median_s"].notna()]
-    if not len(approx) or not len(timed):
-        raise NoData("needs both approximation results and timings")
+    approx, timed = _approx_and_timed(frame, "approx_out_rel_err")
     approx = approx.assign(inputs=[o.get("inputs", "random") if isinstance(o, dict) else
                                    "random" for o in approx.get("options", [None] * len(approx))])
     keys = ["run_id", "framework", "length", "variant", "n_hashes", "n_buckets"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from attnbench.variants import Variant, attention_spec
+from attnbench.variants import ATTENTIONS, Variant, attention_spec
 
 APPROX_OPTIONS = {"inputs": "random", "n_clusters": 8, "n_seeds": 5}
 
@@ -52,9 +52,7 @@ def check_options(case, variant: Variant) -> None:
                 raise ValueError(f"options.{name}={value!r}: must be an integer >= 1")
     elif case.mode == "task":
         config = task_config(case, variant)  # TaskConfig validates every field
-        from attnbench.variants import ATTENTIONS
-
-        for name in (config.train_attention, *config.eval_attentions):
+        for name in config.eval_attentions:  # the trained one is the case's, checked with it
             if name in ATTENTIONS and case.framework not in ATTENTIONS[name].frameworks:
                 raise ValueError(f"options.eval_attentions: attention {name!r} has no "
                                  f"{case.framework} function (it has "

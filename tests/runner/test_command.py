@@ -206,13 +206,8 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert f"<td>{git_commit().short}</td>" in page
 
 
-def test_a_sweep_in_which_no_case_ran_ok_exits_1_and_keeps_its_rows(tmp_path):
+def test_a_sweep_in_which_no_case_ran_ok_exits_1_and_keeps_its_rows(tmp_path, plugin):
     """A sweep that measured nothing is not a success; one ok case is."""
-    from tests.registry import PLUGIN
-
-    plugin = tmp_path / "elsewhere" / "my_attention.py"
-    plugin.parent.mkdir()
-    plugin.write_text(PLUGIN)
     suite = tmp_path / "broken.toml"
     suite.write_text(f'name = "broken"\nplugins = ["{plugin}"]\n[[sweep]]\n'
                      'variant = ["raises", "wrong-shape"]\nframework = "torch"\n'
