@@ -178,6 +178,8 @@ def judge(step: Step, series: Series, before: dict, after: dict,
         return NOT_REPRODUCED, detail
     detail["why"] = (f"the re-measurement found {found!r}, not the step's {step.kind!r}"
                      if found in (REGRESSION, IMPROVEMENT) else f"re-measured: {found}")
+    if detail.get("reasons"):  # compare's own words: which side was unstable, and why
+        detail["why"] += f" ({'; '.join(detail['reasons'])})"
     return INCONCLUSIVE, detail
 
 

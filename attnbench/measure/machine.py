@@ -8,12 +8,16 @@ takes two :class:`Snapshot` s and records:
 * ``machine_other_cpu_s`` / ``machine_other_cpu_frac``: CPU time spent on this worker's CPUs
   by anything but this worker (``/proc/stat`` busy time of those CPUs minus the worker's own
   ``getrusage`` time), and that as a fraction of the CPU time the window offered;
-* ``machine_steal_frac``: time the hypervisor gave those CPUs to someone else;
+* ``machine_steal_s`` / ``machine_steal_frac``: time the hypervisor gave those CPUs to
+  someone else;
 * ``machine_load_avg``: the 1-minute load average at the end (it lags; recorded, not judged);
 * ``worker_invol_ctx_switches`` (and per second): how often the worker was preempted.
 
 :func:`unstable_reasons` turns these and the achieved spread into the ``unstable`` mark: a field
-beside the number, never a new status and never a silent average.
+beside the number, never a new status and never a silent average. ``/proc/stat`` counts whole
+clock ticks (10 ms) while the worker's own time is exact, so a short window reads one stray
+tick of a kernel thread as several percent of "other" use (a 120 ms window: 7% per tick): busy
+and steal are judged only beyond ``RESOLUTION_TICKS`` ticks as well as beyond their share.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 # cores, one busy process takes half of what torch's two threads need.
 BUSY_OTHER_CPU_FRAC = 0.10
 STEAL_FRAC = 0.05
+RESOLUTION_TICKS = 3  # below this much CPU time, busy or steal is the counters' rounding
 _PROC_STAT = Path("/proc/stat")
 
 
@@ -92,13 +97,20 @@ def machine_metrics(before: Snapshot, after: Snapshot, cpus: list[int]) -> dict:
                      "worker_vol_ctx_switches": after.own_vol - before.own_vol}
     if before.busy_s is None or after.busy_s is None:
         metrics.update(machine_other_cpu_s=None, machine_other_cpu_frac=None,
-                       machine_steal_frac=None)
+                       machine_steal_s=None, machine_steal_frac=None)
         return metrics
     # /proc/stat counts in clock ticks (10 ms): never report less than nothing.
     other = max(0.0, (after.busy_s - before.busy_s) - own)
+    steal = after.steal_s - before.steal_s
     metrics.update(machine_other_cpu_s=other, machine_other_cpu_frac=other / offered,
-                   machine_steal_frac=(after.steal_s - before.steal_s) / offered)
+                   machine_steal_s=steal, machine_steal_frac=steal / offered)
     return metrics
+
+
+def _resolved(seconds: float | None) -> bool:
+    """Whether a CPU time read from /proc/stat is beyond its tick rounding (unknown: judged)."""
+    return not isinstance(seconds, float | int) or \
+        seconds > RESOLUTION_TICKS / os.sysconf("SC_CLK_TCK")
 
 
 def unstable_reasons(metrics: dict, target_rel_iqr: float) -> list[str]:
@@ -109,10 +121,12 @@ def unstable_reasons(metrics: dict, target_rel_iqr: float) -> list[str]:
         reasons.append(f"spread {spread:.1%} stayed above the target {target_rel_iqr:.0%} "
                        f"after {metrics.get('time_repeats')} repeats")
     other = metrics.get("machine_other_cpu_frac")
-    if isinstance(other, float) and other > BUSY_OTHER_CPU_FRAC:
+    if isinstance(other, float) and other > BUSY_OTHER_CPU_FRAC \
+            and _resolved(metrics.get("machine_other_cpu_s")):
         reasons.append(f"machine busy: other processes used {other:.0%} of the case's CPUs "
                        f"{metrics.get('cpus')} (over {BUSY_OTHER_CPU_FRAC:.0%})")
     steal = metrics.get("machine_steal_frac")
-    if isinstance(steal, float) and steal > STEAL_FRAC:
+    if isinstance(steal, float) and steal > STEAL_FRAC \
+            and _resolved(metrics.get("machine_steal_s")):
         reasons.append(f"CPU steal {steal:.0%} (over {STEAL_FRAC:.0%})")
     return reasons

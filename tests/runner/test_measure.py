@@ -126,3 +126,21 @@ def test_unstable_reasons(metrics, target, reasons):
     from attnbench.measure.machine import unstable_reasons
 
     assert unstable_reasons(metrics, target) == reasons
+
+
+@pytest.mark.parametrize("busy_s, steal_s, reasons", [
+    # a sleeping case's 120 ms window on one CPU: two stray ticks are 17%, yet rounding
+    (0.02, 0.0, []),
+    (0.0, 0.02, []),
+    # beyond the counters' rounding, the same shares are judged
+    (0.06, 0.0, ["machine busy: other processes used 50% of the case's CPUs [0] (over 10%)"]),
+    (0.0, 0.04, ["CPU steal 33% (over 5%)"]),
+])
+def test_busy_and_steal_are_judged_beyond_the_clock_ticks_rounding(busy_s, steal_s, reasons):
+    import os
+
+    from attnbench.measure.machine import machine_metrics, unstable_reasons
+
+    assert os.sysconf("SC_CLK_TCK") == 100  # the 10 ms tick the cases above are written for
+    metrics = machine_metrics(*_snapshots(0.12, busy_s, 0.0, steal_s=steal_s), cpus=[0])
+    assert unstable_reasons({**metrics, "time_rel_iqr": 0.01}, 0.05) == reasons
