@@ -57,6 +57,7 @@ from typing import Any
 
 from attnbench.meta import Environment
 from attnbench.runs import (
+    frameworks_of,
     latest_per_case,
     load_source,
     row_label,
@@ -368,12 +369,13 @@ def compare_rows(base_rows: list[dict[str, Any]], head_rows: list[dict[str, Any]
 # --------------------------------------------------------------------------------------------
 
 
-def compare_machines(base: Environment | None,
-                     head: Environment | None) -> tuple[list[str], list[str]]:
+def compare_machines(base: Environment | None, head: Environment | None,
+                     frameworks: set[str] | None = None) -> tuple[list[str], list[str]]:
     """(differences, notes): each part of :meth:`Environment.machine` both sides record and
-    that differs, as ``part BASE vs HEAD``; and what could not be compared."""
-    b = base.machine() if base is not None else {}
-    h = head.machine() if head is not None else {}
+    that differs, as ``part BASE vs HEAD``; and what could not be compared. Given the
+    ``frameworks`` the compared cases ran in, another framework's version is no difference."""
+    b = base.machine(frameworks) if base is not None else {}
+    h = head.machine(frameworks) if head is not None else {}
     bare = [side for side, parts in (("base", b), ("head", h)) if not parts]
     if bare:
         return [], [f"the machines cannot be compared: {' and '.join(bare)} "
@@ -502,7 +504,8 @@ def run(args: argparse.Namespace) -> int:
         for line in unreadable:
             _error(line)
         return 2
-    differences, notes = compare_machines(base.environment, head.environment)
+    differences, notes = compare_machines(base.environment, head.environment,
+                                          frameworks_of([*base.rows, *head.rows]))
     if differences and not args.allow_other_machine:
         _error(f"{args.base} and {args.head} were measured on different machines (base vs "
                f"head): {'; '.join(differences)}; --allow-other-machine compares them anyway")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +107,7 @@ class Environment:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def machine(self) -> dict[str, Any]:
+    def machine(self, frameworks: Iterable[str] | None = None) -> dict[str, Any]:
         """The parts of this environment that decide how fast a case runs, each present only
         where recorded (and of the right type; a hand-edited ``meta.json`` may hold anything):
 
@@ -116,7 +117,9 @@ class Environment:
           differs by some MiB between machines of one type);
         * ``gpus``: the GPU names, in NVML's index order (not UUIDs or the driver);
         * ``torch``, ``jax``, ``jaxlib``: the versions ``packages`` records (not installed:
-          absent).
+          absent); given ``frameworks`` (the frameworks of the cases in question), only
+          theirs: jax's version does not decide how fast a torch case runs, so upgrading jax
+          must not make a torch series another machine's.
 
         Not the hostname (CI runners of one type differ only by it), the Python, the
         settings or the commit: two runs whose shared parts are equal measured on the same
@@ -136,14 +139,16 @@ class Environment:
         if isinstance(self.gpu, list):
             parts["gpus"] = [str(d.get("name")) for d in self.gpu if isinstance(d, dict)]
         packages = self.packages if isinstance(self.packages, dict) else {}
-        for name in MACHINE_PACKAGES:
+        wanted = None if frameworks is None else set(frameworks)
+        for name in (name for framework, names in FRAMEWORK_PACKAGES.items()
+                     if wanted is None or framework in wanted for name in names):
             if isinstance(packages.get(name), str):
                 parts[name] = packages[name]
         return parts
 
 
-# The packages whose versions are part of Environment.machine(): the frameworks that run cases.
-MACHINE_PACKAGES = ("torch", "jax", "jaxlib")
+# The packages whose versions are part of Environment.machine(), by the framework they run.
+FRAMEWORK_PACKAGES = {"torch": ("torch",), "jax": ("jax", "jaxlib")}
 
 
 @dataclass(frozen=True)

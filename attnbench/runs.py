@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,19 @@ def row_metrics(row: dict[str, Any]) -> dict[str, Any]:
 
 def row_label(row: dict[str, Any]) -> str:
     return case_label(row_case(row))
+
+
+def frameworks_of(rows: Iterable[dict[str, Any]]) -> set[str] | None:
+    """The frameworks the rows' cases ran in (whose versions decide their speed: see
+    :meth:`Environment.machine <attnbench.meta.Environment.machine>`); None when a row does not
+    say, so that every framework's version counts."""
+    frameworks = set()
+    for row in rows:
+        framework = row_case(row).get("framework")
+        if not isinstance(framework, str):
+            return None
+        frameworks.add(framework)
+    return frameworks
 
 
 # --------------------------------------------------------------------------------------------

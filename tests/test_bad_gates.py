@@ -237,6 +237,22 @@ def test_another_gpu_or_framework_version_is_another_machine(tmp_path, capsys):
     assert "gpus ['NVIDIA A100'] vs ['NVIDIA H200']" in err and "torch '2.13.0' vs '2.14.0'" in err
 
 
+def test_only_the_compared_cases_frameworks_versions_make_another_machine(tmp_path, capsys):
+    """The golden torch run's cases are all torch: a JAX upgrade beside them changes nothing
+    they measured, a torch upgrade does."""
+    base = copy_run(tmp_path, "base", environment={"packages": {"torch": "2.13.0",
+                                                                "jax": "0.4.30"}})
+    head = copy_run(tmp_path, "head", environment={"packages": {"torch": "2.13.0",
+                                                                "jax": "0.5.0"}})
+    assert main(["compare", str(base), str(head)]) == 0
+    assert "machine" not in capsys.readouterr().out.split("verdict")[0]
+    torch = copy_run(tmp_path, "torch", environment={"packages": {"torch": "2.14.0",
+                                                                  "jax": "0.4.30"}})
+    assert main(["compare", str(base), str(torch)]) == 2
+    err = capsys.readouterr().err
+    assert "torch '2.13.0' vs '2.14.0'" in err and "jax" not in err, err
+
+
 def test_a_side_that_records_no_machine_is_said_not_refused(tmp_path, capsys):
     data = json.loads((DATA / "pytest_benchmark.json").read_text())
     data["machine_info"] = {}

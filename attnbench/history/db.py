@@ -5,7 +5,9 @@ truth; :func:`rebuild` makes the file again from them at any time) and writes:
 
 - ``machines``: one row per fingerprint of what decides speed (``Environment.machine()``:
   CPU model and count, memory, GPUs, framework versions), its parts kept as JSON so that a
-  change of any one shows;
+  change of any one shows. A run's machine holds the versions of the frameworks its cases
+  ran in; a series' machine only its case's framework's, so upgrading jax does not move a
+  torch case's series to a new machine;
 - ``runs``: one row per run, keyed by ``kind:run_id:machine`` (adding a run again changes
   nothing; a run resumed since, whose rows differ, has its points replaced), with its commit
   (sha, dirty, ``committed_at``), start, suite and path;
@@ -45,9 +47,10 @@ from attnbench.history.model import (
     Series,
     Step,
 )
-from attnbench.runs import Source, latest_per_case, row_label
+from attnbench.runs import Source, frameworks_of, latest_per_case, row_label
 
-SCHEMA_VERSION = 1
+# 2: a series' machine holds only its case's framework version (1 held every framework's)
+SCHEMA_VERSION = 2
 DEFAULT_DB = Path("reports") / "history.sqlite"
 # Which metrics a case of each mode yields: a failed case gets a failure point in each.
 MODE_METRICS = {"forward": ("time_median_s", "mem_peak_mb"),
@@ -176,15 +179,16 @@ def _digest(value: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def machine_parts(source: Source) -> dict[str, Any]:
+def machine_parts(source: Source, frameworks: Iterable[str] | None) -> dict[str, Any]:
+    """The run's machine as it decides the speed of cases in ``frameworks`` (None: all)."""
     environment = source.environment
-    return environment.machine() if environment is not None else {}
+    return environment.machine(frameworks) if environment is not None else {}
 
 
 def add_source(conn: sqlite3.Connection, source: Source) -> str:
     """Add one run; returns ``added``, ``unchanged`` (already there with the same rows) or
     ``updated`` (there with other rows: a run resumed since; its points are replaced)."""
-    parts = machine_parts(source)
+    parts = machine_parts(source, frameworks_of(source.rows))
     fingerprint = _digest(parts)[:16]
     digest = _digest([source.meta.to_dict(), source.rows])
     key = f"{source.kind}:{source.run_id}:{fingerprint}"
@@ -209,8 +213,14 @@ def add_source(conn: sqlite3.Connection, source: Source) -> str:
             conn.execute("UPDATE runs SET digest = ?, run_id = ?, kind = ?, path = ?, sha = ?, "
                          "dirty = ?, committed_at = ?, started_at = ?, machine_id = ?, "
                          "suite = ?, added_at = ? WHERE id = ?", (*fields, run))
-        for series_key, point in _points(source):
-            series = _series_id(conn, machine_id, *series_key)
+        # A series is a case's on the machine as its own framework sees it (a torch case
+        # stays on one machine when only jax is upgraded); the run keeps the whole machine.
+        machines: dict[str | None, int] = {None: machine_id}  # a ratio: the run's machine
+        for series_key, framework, point in _points(source):
+            if framework not in machines:
+                own = machine_parts(source, None if framework is None else [framework])
+                machines[framework] = _machine_id(conn, _digest(own)[:16], own)
+            series = _series_id(conn, machines[framework], *series_key)
             conn.execute("INSERT INTO points (run_id, series_id, status, value, lo, hi, "
                          "samples, unstable, unstable_reasons, error) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (run, series, *point))
@@ -241,8 +251,9 @@ def _series_id(conn, machine_id: int | None, case_id: str, label: str, metric: s
                         (machine, case_id, label, metric, direction, case_json)).lastrowid
 
 
-def _points(source: Source) -> Iterable[tuple[tuple, tuple]]:
-    """((series key), (point fields)) for every metric of every case, then every contract."""
+def _points(source: Source) -> Iterable[tuple[tuple, str | None, tuple]]:
+    """((series key), the case's framework, (point fields)) for every metric of every case,
+    then every contract (no framework: a ratio series has no machine)."""
     for row in latest_per_case(source.rows):
         case = row.get("case") if isinstance(row.get("case"), dict) else {}
         metrics = row.get("metrics") or {}
@@ -251,8 +262,11 @@ def _points(source: Source) -> Iterable[tuple[tuple, tuple]]:
         case_json = json.dumps(case, sort_keys=True)
         for metric in names:
             key = (row["case_id"], row_label(row), metric, METRICS[metric], case_json, False)
-            yield key, _point(row, metrics, metric)
-    yield from _ratio_points(source)
+            framework = case.get("framework")
+            yield key, framework if isinstance(framework, str) else None, \
+                _point(row, metrics, metric)
+    for key, point in _ratio_points(source):
+        yield key, None, point
 
 
 def _point(row: dict, metrics: dict, metric: str) -> tuple:

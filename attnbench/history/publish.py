@@ -759,14 +759,16 @@ def index_page(site: Site) -> str:
     machine_ids = sorted(m for m in by_machine if m is not None)
     regressions = [s for s in h.steps if s.kind == REGRESSION]
     confirmed = sum(1 for s in regressions if s.verdict == "confirmed")
-    subtitle = (f"{plural(len(h.runs), 'run')} on {plural(len(h.machines), 'machine')}, "
+    subtitle = (f"{plural(len(h.runs), 'run')} on {plural(len(machine_ids), 'machine')}, "
                 f"{len(site.series)} series, {plural(len(h.steps), 'step')} "
                 f"({plural(len(regressions), 'regression')}, {confirmed} confirmed).")
     nav = [(f"#{machine_anchor(m)}", f"machine {fingerprint(h, m)}") for m in machine_ids]
     if None in by_machine:
         nav.append(("#ratios", "ratios"))
     nav.append((REGRESSIONS, f"regressions ({len(regressions)})"))
-    body = ['<p class="caption">Each row is a series: one metric of one case on one machine. '
+    body = ['<p class="caption">Each row is a series: one metric of one case on one machine '
+            "(its hardware and the version of the case's framework: a torch case and a JAX "
+            "case of one run are on two). "
             "Latest: the newest point on the timeline (a failure shows as its status). Trend: "
             "the whole timeline, red ticks where runs failed. Steps are changes the detector "
             f'found; their verdicts come from measuring both commits again. <a href="'
@@ -775,7 +777,9 @@ def index_page(site: Site) -> str:
         body.append('<p class="note">The history holds no series yet: add runs with '
                     "<code>attnbench history add</code>.</p>")
     for m in machine_ids:
-        runs = [r for r in h.runs.values() if r.machine_id == m]
+        runs = [h.runs[i] for i in sorted({p.run_id for key in by_machine[m]
+                                           for s in site.groups[key]
+                                           for p in site.points[s.id]}) if i in h.runs]
         newest = max(runs, key=lambda r: (r.position if r.position is not None else -math.inf,
                                           r.id), default=None)
         latest = (f" Newest run: {esc(newest.run_id)} at {esc(short_sha(newest.sha))}"

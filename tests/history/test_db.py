@@ -92,6 +92,45 @@ def test_contract_ratios_are_series_shared_by_every_machine(tmp_path):
     assert {s.machine_id for s in timed} == set(history.machines)  # per machine
 
 
+def _torch_and_jax_run(tmp_path: Path, name: str, jax_version: str) -> Path:
+    """The golden torch run with the golden JAX run's cases beside its own, on a machine with
+    both frameworks installed, JAX at ``jax_version``."""
+    run = copy_run(tmp_path, name)
+    jax_rows = (DATA / "jax-cpu" / "results.jsonl").read_text().splitlines()[:-1]  # torn last
+    with (run / "results.jsonl").open("a") as out:
+        out.write("".join(line + "\n" for line in jax_rows))
+    rewrite_meta(run, lambda m: (m.update(run_id=name), m["environment"]["packages"].update(
+        jax=jax_version, jaxlib=jax_version)))
+    return run
+
+
+def test_upgrading_jax_keeps_torch_series_on_their_machine_and_moves_jax_series(tmp_path):
+    conn = db.connect(tmp_path / "h.sqlite")
+    for name, version in (("old", "0.4.30"), ("new", "0.5.0")):
+        db.add_source(conn, load_source(_torch_and_jax_run(tmp_path, name, version)))
+    history = db.load_history(conn)
+    timed = [s for s in history.series.values() if s.metric == "time_median_s"]
+    rows = [json.loads(r) for r in (tmp_path / "new" / "results.jsonl").read_text().splitlines()]
+    case_frameworks = {r["case_id"]: r["case"]["framework"] for r in rows}
+    torch_series = [s for s in timed if case_frameworks[s.case_id] == "torch"]
+    jax_series = [s for s in timed if case_frameworks[s.case_id] == "jax"]
+    assert torch_series and jax_series
+    # a torch case: one series through both runs, on a machine without jax's version
+    assert all(len(history.points[s.id]) == 2 for s in torch_series)
+    (torch_machine,) = {s.machine_id for s in torch_series}
+    assert history.machines[torch_machine].parts["torch"] == "2.13.0"
+    assert "jax" not in history.machines[torch_machine].parts
+    # a jax case: a series per jax version, neither naming torch
+    assert all(len(history.points[s.id]) == 1 for s in jax_series)
+    jax_machines = {s.machine_id for s in jax_series}
+    assert sorted(history.machines[m].parts["jax"] for m in jax_machines) == ["0.4.30", "0.5.0"]
+    assert all("torch" not in history.machines[m].parts for m in jax_machines)
+    # each run keeps its whole machine: both frameworks' versions
+    assert {history.machines[r.machine_id].parts.get("jax") for r in history.runs.values()} \
+        == {"0.4.30", "0.5.0"}
+    assert all("torch" in history.machines[r.machine_id].parts for r in history.runs.values())
+
+
 def _run(id_: int, sha: str | None, committed: str | None, started: str) -> Run:
     return Run(id_, f"r{id_}", "run", "p", sha, False, committed, started, 1, "s")
 
