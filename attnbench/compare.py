@@ -56,11 +56,12 @@ from functools import cache
 from typing import Any
 
 from attnbench.meta import Environment
+from attnbench.runner.case import distinct_labels
 from attnbench.runs import (
     frameworks_of,
     latest_per_case,
     load_source,
-    row_label,
+    row_case,
     row_metrics,
     unreadable_summary,
 )
@@ -339,10 +340,11 @@ def compare_rows(base_rows: list[dict[str, Any]], head_rows: list[dict[str, Any]
     base = {r.get("case_id"): r for r in latest_per_case(base_rows)}
     head = {r.get("case_id"): r for r in latest_per_case(head_rows)}
     results = []
-    for case_id in list(base) + [k for k in head if k not in base]:
+    ids = list(base) + [k for k in head if k not in base]
+    labels = distinct_labels({i: row_case(base[i] if i in base else head[i]) for i in ids})
+    for case_id in ids:
         b, h = base.get(case_id), head.get(case_id)
-        label = row_label(h if b is None else b)
-        c = CaseComparison(case_id=str(case_id), label=label, verdict=UNCHANGED,
+        c = CaseComparison(case_id=str(case_id), label=labels[case_id], verdict=UNCHANGED,
                            base_status=b and b.get("status"), head_status=h and h.get("status"))
         if b is None or h is None:
             c.verdict = ONLY_HEAD if b is None else ONLY_BASE

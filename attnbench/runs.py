@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.meta import SCHEMA_VERSION, Environment, GitInfo, RunMeta, SuiteInfo
-from attnbench.runner.case import case_label
+from attnbench.runner.case import case_label, distinct_labels
 from attnbench.safeio import UnsafePathError, atomic_text, read_text
 from attnbench.store import META_FILE, RESULTS_FILE, RunStore, StoreError, row_problem
 
@@ -316,11 +316,13 @@ def tidy_records(sources: list[Source]) -> list[dict[str, Any]]:
     """One record per case and run, with its label, task and training attention."""
     records = []
     for source in sources:
+        labels = distinct_labels({row["case_id"]: row_case(row) for row in source.rows
+                                  if isinstance(row.get("case_id"), str)})
         for row in source.rows:
             case, metrics = row_case(row), row_metrics(row)
             record = flatten(row)
             record["run_id"] = record.get("run_id") or source.run_id
-            record["label"] = case_label(case)
+            record["label"] = labels.get(row.get("case_id")) or case_label(case)
             options = case.get("options") if isinstance(case.get("options"), dict) else {}
             record["task"] = options.get("task") or metrics.get("task_name")
             # The runner records the attention a task trained with (from the variant and

@@ -47,7 +47,8 @@ from attnbench.history.model import (
     Series,
     Step,
 )
-from attnbench.runs import Source, frameworks_of, latest_per_case, row_label
+from attnbench.runner.case import distinct_labels
+from attnbench.runs import Source, frameworks_of, latest_per_case, row_case
 
 # 2: a series' machine holds only its case's framework version (1 held every framework's)
 SCHEMA_VERSION = 2
@@ -254,14 +255,17 @@ def _series_id(conn, machine_id: int | None, case_id: str, label: str, metric: s
 def _points(source: Source) -> Iterable[tuple[tuple, str | None, tuple]]:
     """((series key), the case's framework, (point fields)) for every metric of every case,
     then every contract (no framework: a ratio series has no machine)."""
-    for row in latest_per_case(source.rows):
+    rows = latest_per_case(source.rows)
+    labels = distinct_labels({row["case_id"]: row_case(row) for row in rows})
+    for row in rows:
         case = row.get("case") if isinstance(row.get("case"), dict) else {}
         metrics = row.get("metrics") or {}
         names = [m for m in METRICS if m in metrics] if row["status"] == "ok" else \
             list(MODE_METRICS.get(case.get("mode"), ("time_median_s",)))
         case_json = json.dumps(case, sort_keys=True)
         for metric in names:
-            key = (row["case_id"], row_label(row), metric, METRICS[metric], case_json, False)
+            key = (row["case_id"], labels[row["case_id"]], metric, METRICS[metric], case_json,
+                   False)
             framework = case.get("framework")
             yield key, framework if isinstance(framework, str) else None, \
                 _point(row, metrics, metric)

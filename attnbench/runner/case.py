@@ -165,3 +165,29 @@ def case_label(case: Mapping[str, Any]) -> str:
     if case.get("dtype", "float32") != "float32":
         parts.append(str(case.get("dtype")))
     return " ".join(parts)
+
+
+def distinct_labels(cases: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """``case_id -> label`` for cases shown together: :func:`case_label`, and where several
+    cases share one, each followed by the fields that tell them apart, in the case's field
+    order (``full-fused/torch fb L=512 causal=False``): the label names the usual axes, and a
+    suite may sweep any other."""
+    by_label: dict[str, list[str]] = {}
+    for case_id, case in cases.items():
+        by_label.setdefault(case_label(case), []).append(case_id)
+    order = [f.name for f in dataclasses.fields(Case) if f.name not in HOW_FIELDS]
+    labels = {}
+    for label, ids in by_label.items():
+        if len(ids) == 1:
+            labels[ids[0]] = label
+            continue
+        names = order + sorted({k for i in ids for k in cases[i]} - set(order) - set(HOW_FIELDS))
+        differing = [n for n in names if len({_shown(cases[i].get(n)) for i in ids}) > 1]
+        for i in ids:
+            labels[i] = label + "".join(f" {n}={_shown(cases[i].get(n))}" for n in differing)
+    return labels
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, dict | list) \
+        else str(value)

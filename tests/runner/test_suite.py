@@ -279,6 +279,25 @@ def test_approx_cases_on_other_inputs_have_other_labels():
     assert labels[1] == labels[2] == "lsh/torch approx L=128 h=1 b=8"  # random: the default
 
 
+def test_cases_shown_together_get_labels_that_tell_them_apart():
+    from attnbench.runner.case import distinct_labels
+
+    suite = parse_suite({"name": "s", "sweep": [{
+        "variant": "full-fused", "framework": "torch", "mode": "forward", "length": 256,
+        "causal": [False, True], "d_model": [64, 128]}, {
+        "variant": "lsh", "framework": "jax", "mode": "forward", "length": 256}]})
+    cases = {case.case_id: case.to_dict() for case in suite.cases}
+    labels = distinct_labels(cases)
+    assert len(set(labels.values())) == len(cases) == 5
+    assert sorted(labels.values())[:4] == [
+        "full-fused/torch fwd L=256 d_model=128 causal=False",
+        "full-fused/torch fwd L=256 d_model=128 causal=True",
+        "full-fused/torch fwd L=256 d_model=64 causal=False",
+        "full-fused/torch fwd L=256 d_model=64 causal=True"]
+    lsh = next(c for c in suite.cases if c.variant == "lsh")
+    assert labels[lsh.case_id] == lsh.label()  # a label no other case has stays as it is
+
+
 def test_excludes_match_as_comparing_each_table_would():
     import itertools
 
