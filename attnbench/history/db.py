@@ -15,7 +15,8 @@ truth; :func:`rebuild` makes the file again from them at any time) and writes:
   step can be measured again); a contract's same-run ratio is a series with no machine;
 - ``points``: one per run and series: the status, and for an ok case the value with its
   band (time: the quartiles of the repeats), sample count and unstable mark with reasons;
-  a failed case is its status (oom, timeout, error, skipped), never a number;
+  a failed case is its status (oom, timeout, error, skipped), never a number; a contract
+  ratio's point holds the contract's bounds as that run's suite had them;
 - ``steps``: what ``history steps`` found, with the verdict ``history confirm`` stored.
 
 Schema-versioned (``PRAGMA user_version``; another version is refused, naming both).
@@ -28,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -50,7 +52,8 @@ from attnbench.history.model import (
 from attnbench.runner.case import distinct_labels
 from attnbench.runs import Source, frameworks_of, latest_per_case, row_case
 
-# 2: a series' machine holds only its case's framework version (1 held every framework's)
+# 2: a series' machine holds only its case's framework version (1 held every framework's),
+# and a ratio's point holds its contract's bounds
 SCHEMA_VERSION = 2
 DEFAULT_DB = Path("reports") / "history.sqlite"
 # Which metrics a case of each mode yields: a failed case gets a failure point in each.
@@ -102,6 +105,8 @@ CREATE TABLE points (
     unstable INTEGER NOT NULL DEFAULT 0,
     unstable_reasons TEXT NOT NULL DEFAULT '[]',
     error TEXT,
+    bound_lo REAL,
+    bound_hi REAL,
     PRIMARY KEY (run_id, series_id),
     CHECK ((status = 'ok') = (value IS NOT NULL))
 );
@@ -223,8 +228,8 @@ def add_source(conn: sqlite3.Connection, source: Source) -> str:
                 machines[framework] = _machine_id(conn, _digest(own)[:16], own)
             series = _series_id(conn, machines[framework], *series_key)
             conn.execute("INSERT INTO points (run_id, series_id, status, value, lo, hi, "
-                         "samples, unstable, unstable_reasons, error) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (run, series, *point))
+                         "samples, unstable, unstable_reasons, error, bound_lo, bound_hi) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (run, series, *point))
     return "added" if old is None else "updated"
 
 
@@ -281,11 +286,11 @@ def _point(row: dict, metrics: dict, metric: str) -> tuple:
     if not isinstance(value, int | float) or isinstance(value, bool):
         status = row["status"] if row["status"] != "ok" else "error"
         error = row.get("error") if row["status"] != "ok" else f"no {metric} recorded"
-        return status, None, None, None, None, unstable, reasons, error
+        return status, None, None, None, None, unstable, reasons, error, None, None
     lo = hi = samples = None
     if metric == "time_median_s":
         lo, hi, samples = _quartiles(metrics.get("time_samples_s"), metrics)
-    return "ok", float(value), lo, hi, samples, unstable, reasons, None
+    return "ok", float(value), lo, hi, samples, unstable, reasons, None, None, None
 
 
 def _quartiles(samples: Any, metrics: dict) -> tuple[float | None, float | None, int | None]:
@@ -320,10 +325,17 @@ def _ratio_points(source: Source) -> Iterable[tuple[tuple, tuple]]:
         key = (f"contract:{source.suite.name}:{result.name}", f"{source.suite.name}: "
                f"{result.name}", RATIO, direction, json.dumps(contract, sort_keys=True,
                                                              default=str), True)
+        bounds = (_bound(contract.get("min_ratio")), _bound(contract.get("max_ratio")))
         if result.ratio is None:
-            yield key, ("error", None, None, None, None, 0, "[]", result.message)
+            yield key, ("error", None, None, None, None, 0, "[]", result.message, *bounds)
         else:
-            yield key, ("ok", float(result.ratio), None, None, None, 0, "[]", None)
+            yield key, ("ok", float(result.ratio), None, None, None, 0, "[]", None, *bounds)
+
+
+def _bound(value: Any) -> float | None:
+    """A contract's bound as stored (a run's meta.json may hold anything: only a number)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value) else None
 
 
 def rebuild(path: str | os.PathLike, sources: Sequence[Source]) -> dict[str, int]:
@@ -442,13 +454,14 @@ def load_history(conn: sqlite3.Connection, repo: str | os.PathLike | None = None
             "SELECT id, machine_id, case_id, label, metric, direction FROM series"):
         history.series[id_] = Series(id_, machine_id, case_id, label, metric, direction)
         history.points[id_] = []
-    for (run_id, series_id, status, value, lo, hi, samples, unstable, reasons,
-         error) in conn.execute("SELECT run_id, series_id, status, value, lo, hi, samples, "
-                                "unstable, unstable_reasons, error FROM points"):
+    for (run_id, series_id, status, value, lo, hi, samples, unstable, reasons, error,
+         bound_lo, bound_hi) in conn.execute(
+            "SELECT run_id, series_id, status, value, lo, hi, samples, unstable, "
+            "unstable_reasons, error, bound_lo, bound_hi FROM points"):
         run = history.runs[run_id]
         history.points[series_id].append(Point(
             series_id, run_id, run.position, run.sha, status, value, lo, hi, samples,
-            bool(unstable), tuple(json.loads(reasons)), error))
+            bool(unstable), tuple(json.loads(reasons)), error, bound_lo, bound_hi))
     for points in history.points.values():
         points.sort(key=lambda p: (p.position, history.runs[p.run_id].started_at or ""))
     history.steps = [

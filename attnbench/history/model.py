@@ -78,6 +78,8 @@ class Point:
     unstable: bool = False
     unstable_reasons: tuple[str, ...] = ()
     error: str | None = None
+    bound_lo: float | None = None   # a ratio's contract: min_ratio (None: none, or no ratio)
+    bound_hi: float | None = None   # ... and max_ratio, as the run's suite had them
 
 
 @dataclass

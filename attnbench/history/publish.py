@@ -72,6 +72,7 @@ METRIC_NAMES = {
 METRIC_ORDER = [*METRICS, RATIO]
 FAILURE_COLOURS = {"skipped": "#757575"}   # every other status: red
 FAIL_RED, REGRESSION_RED, IMPROVEMENT_GREEN = "#c62828", "#c62828", "#2e7d32"
+LIMIT_COLOUR = "#212121"   # a contract's bound on a ratio chart: no machine's colour
 SERIES_BLUE = "#1f5fa8"
 MACHINE_COLOURS = ("#1f5fa8", "#8e24aa", "#00897b", "#ef6c00", "#5d4037", "#3949ab",
                    "#c0ca33", "#6d4c41")
@@ -429,6 +430,13 @@ def point_tooltip(site: Site, series: Series, p: Point) -> str:
         lines.append(f"failed: {p.status}" + (f": {p.error}" if p.error else ""))
     if p.samples is not None:
         lines.append(f"{p.samples} samples")
+    wants = [f"{sign} {v:g}" for sign, v in (("\u2265", p.bound_lo), ("\u2264", p.bound_hi))
+             if finite(v)]
+    if wants:
+        met = is_value(p) and (not finite(p.bound_lo) or p.value >= p.bound_lo) and \
+            (not finite(p.bound_hi) or p.value <= p.bound_hi)
+        lines.append(f"contract: want {' and '.join(wants)}: "
+                     + ("met" if met else "missed" if is_value(p) else "not measured"))
     if p.unstable:
         lines.append("unstable: " + ("; ".join(p.unstable_reasons) or "no reason recorded"))
     if run is not None:
@@ -486,7 +494,8 @@ def chart(site: Site, series: Series, timeline: Timeline,
     values = [p.value for p in points if is_value(p)]
     bands = [v for p in points if is_value(p) for v in (p.lo, p.hi) if finite(v)]
     levels = [v for s in steps for v in (s.before_value, s.after_value) if finite(v)]
-    every = values + bands + levels
+    limits = [v for p in points for v in (p.bound_lo, p.bound_hi) if finite(v)]
+    every = values + bands + levels + limits
     out = [f'<svg class="chart" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
            f'aria-label="{esc(series.label)}: {esc(metric_name(series.metric))}">'
            f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="#fcfcfc" '
@@ -546,6 +555,22 @@ def chart(site: Site, series: Series, timeline: Timeline,
                  f"{ratio_short(step.ratio)} {step.kind}, {verdict_words(step.verdict)}")
         out.append(f'<text x="{f1(x)}" y="{TOP - 6 - 12 * (k % 2)}" font-size="10" '
                    f'fill="{colour}" text-anchor="{anchor}">{esc(label)}</text></g>')
+
+    # a contract's bounds: a dashed level over each slot whose run had it (a suite may
+    # change its limit), named once at its newest slot
+    for name, sign in (("bound_lo", "\u2265"), ("bound_hi", "\u2264")):
+        held = [(timeline.x(p.position), v) for p in points
+                if finite(v := getattr(p, name))]
+        if not held:
+            continue
+        half = timeline.width / 2
+        path = "".join(f"M{f1(xx - half)} {f1(y(v))}H{f1(xx + half)}" for xx, v in held)
+        xx, v = max(held)
+        out.append(f'<g class="limit"><title>contract: want {sign} {v:g}</title>'
+                   f'<path d="{path}" stroke="{LIMIT_COLOUR}" stroke-width="1.5" '
+                   f'stroke-dasharray="6 3" fill="none"/><text x="{f1(min(xx + half, W - RIGHT))}" '
+                   f'y="{f1(y(v) - 4)}" font-size="10" fill="{LIMIT_COLOUR}" '
+                   f'text-anchor="end">limit {sign} {v:g}</text></g>')
 
     # each slot may hold several points (a commit run twice, or on several machines)
     in_slot: dict[float, int] = defaultdict(int)
@@ -864,13 +889,17 @@ def series_section(site: Site, series: Series, timeline: Timeline,
         + (f'<br><span class="muted">evidence: {esc(summarise(step.evidence))}</span>'
            if step.evidence else "") + "</li>" for step in steps)
     band = "the quartiles" if series.metric == "time_median_s" else "the band recorded"
+    limit = (" The dark dashed level is the contract's limit as each run's suite had it "
+             "(hover a point: met or missed)." if any(
+                 finite(p.bound_lo) or finite(p.bound_hi) for p in site.points[series.id])
+             else "")
     return (f'<section id="{esc(site.anchors[series.id])}"><h3>{esc(metric_name(series.metric))}'
             f' <span class="muted">({esc(series.metric)}, '
             f"{esc(direction_words(series.direction))})</span></h3>"
             f'<p class="caption">{esc(", ".join(counts))}. Bars: {band} (lo \u2013 hi) of each '
             "point; hollow: unstable (hover for why); a status written on the timeline: a run "
             "that failed there; dashed lines: steps, with their commits and verdicts. Each "
-            "point links to its run's report.</p>"
+            f"point links to its run's report.{limit}</p>"
             f"{chart(site, series, timeline, colours)}"
             + (f'<ul class="steps">{step_items}</ul>' if steps else
                '<p class="caption">No step found in this series.</p>')

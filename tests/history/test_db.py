@@ -104,6 +104,21 @@ def _torch_and_jax_run(tmp_path: Path, name: str, jax_version: str) -> Path:
     return run
 
 
+def test_a_ratio_point_holds_its_contracts_bounds(tmp_path):
+    conn = db.connect(tmp_path / "h.sqlite")
+    source = load_source(DATA / "torch-cpu")
+    db.add_source(conn, source)
+    history = db.load_history(conn)
+    want = {c["name"]: c["max_ratio"] for c in source.contracts}
+    ratios = [s for s in history.series.values() if s.metric == "ratio"]
+    assert len(ratios) == len(want) == 4
+    for series in ratios:
+        (point,) = history.points[series.id]
+        assert (point.bound_lo, point.bound_hi) == (None, want[series.label.split(": ", 1)[1]])
+    timed = next(s for s in history.series.values() if s.metric == "time_median_s")
+    assert all(p.bound_lo is None and p.bound_hi is None for p in history.points[timed.id])
+
+
 def test_upgrading_jax_keeps_torch_series_on_their_machine_and_moves_jax_series(tmp_path):
     conn = db.connect(tmp_path / "h.sqlite")
     for name, version in (("old", "0.4.30"), ("new", "0.5.0")):

@@ -112,9 +112,9 @@ def make_history(runs_dir: Path, *, extra_run: bool = False) -> History:
         points[sid].append(Point(sid, run.id, run.position, run.sha, "ok", value,
                                  samples=kw.pop("samples", 20), **kw))
 
-    def failed(sid, run, status, error=None):
+    def failed(sid, run, status, error=None, **kw):
         points[sid].append(Point(sid, run.id, run.position, run.sha, status, None,
-                                 error=error))
+                                 error=error, **kw))
 
     for run in sorted(runs.values(), key=lambda r: (r.position, r.id)):
         c = int(run.position)
@@ -131,14 +131,14 @@ def make_history(runs_dir: Path, *, extra_run: bool = False) -> History:
                     failed(3, run, "timeout", error="ran past 600 s")
                 else:
                     ok(3, run, 2.5e-4 * (1 + c / 100))
-            ok(6, run, 0.40 if c < 3 else 0.52)
+            ok(6, run, 0.40 if c < 3 else 0.52, lo=None, hi=None, bound_hi=0.5)
         else:
             ok(4, run, 0.0020)
             ok(5, run, 0.91, lo=None, hi=None)
             if c == 3:
-                failed(6, run, "error", error="full attention failed")
+                failed(6, run, "error", error="full attention failed", bound_hi=0.5)
             else:
-                ok(6, run, 0.41 if c < 3 else 0.53)
+                ok(6, run, 0.41 if c < 3 else 0.53, lo=None, hi=None, bound_hi=0.5)
     for sid in points:
         points[sid].sort(key=lambda p: (p.position, p.run_id))
     steps = [
@@ -234,6 +234,18 @@ def test_a_failure_shows_as_its_status(site):
     assert '<span class="status oom">oom</span>' not in index   # machine 1's latest is ok
     ratio = page_for(out, "lsh over full at n=1024").read_text()
     assert 'rotate(90)">error</text>' in ratio and "full attention failed" in ratio
+
+
+def test_a_ratio_chart_draws_its_contracts_limit_and_each_point_says_if_it_met_it(site):
+    import html
+
+    out, _, _ = site
+    ratio = html.unescape(page_for(out, "lsh over full at n=1024").read_text())
+    assert ratio.count('<g class="limit">') == 1 and "limit \u2264 0.5</text>" in ratio
+    assert "contract: want \u2264 0.5: met" in ratio       # 0.40 and 0.41
+    assert "contract: want \u2264 0.5: missed" in ratio    # 0.52 and 0.53
+    assert "contract: want \u2264 0.5: not measured" in ratio  # the failed point
+    assert '<g class="limit">' not in lsh_on_machine_1(out).read_text()  # no contract
 
 
 def test_the_latest_failure_is_the_overviews_latest_value(tmp_path):
