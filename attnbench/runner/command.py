@@ -324,9 +324,19 @@ def _digest(cases) -> str:
     return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:12]
 
 
+def unique_stamp(now: dt.datetime) -> str:
+    """``20261204-074118-3fa9c02e``: the second, and 32 random bits, so that two runs started in
+    the same second (two nodes of a cluster, a script's loop) never share a run id: the
+    history would take the second for the first one resumed and replace its points, and
+    ``report`` would refuse the pair as one run given twice."""
+    import secrets
+
+    return f"{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+
+
 def _move_aside(store: RunStore) -> None:
     """--fresh: the previous run keeps its rows, under ``<dir>.old-<stamp>``."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = unique_stamp(dt.datetime.now())
     aside = store.path.with_name(f"{store.path.name}.old-{stamp}")
     store.path.rename(aside)
     print(f"moved the previous run to {aside}", file=sys.stderr)
@@ -357,7 +367,7 @@ def _open_run(store: RunStore, suite: Suite, digest: str, args) -> str:
 
     now = dt.datetime.now(dt.UTC)
     cache = _compile_cache(args)
-    run_id = f"{suite.name}-{now.strftime('%Y%m%d-%H%M%S')}"
+    run_id = f"{suite.name}-{unique_stamp(now)}"
     store.create(RunMeta(
         run_id=run_id, started_at=now.isoformat(timespec="seconds"), argv=list(sys.argv),
         suite=SuiteInfo(name=suite.name, description=suite.description,

@@ -221,3 +221,17 @@ def test_a_sweep_in_which_no_case_ran_ok_exits_1_and_keeps_its_rows(tmp_path, pl
     suite.write_text(suite.read_text().replace('"wrong-shape"]', '"wrong-shape", "mine"]'))
     out = attnbench("run", str(suite), "--out", str(tmp_path / "run2"), "--no-progress")
     assert out.returncode == 0, out.stderr
+
+
+def test_runs_started_in_the_same_second_get_different_ids():
+    """Two nodes starting one suite in the same second: one id would make the history take
+    the second run for the first one resumed (and replace its points)."""
+    import datetime as dt
+    import re
+
+    from attnbench.runner.command import unique_stamp
+
+    now = dt.datetime(2026, 12, 4, 7, 41, 18, tzinfo=dt.UTC)
+    stamps = [unique_stamp(now) for _ in range(20)]
+    assert all(re.fullmatch(r"20261204-074118-[0-9a-f]{8}", s) for s in stamps), stamps
+    assert len(set(stamps)) == 20
