@@ -39,7 +39,9 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # text.parse_math: a name between dollars is a name, not TeX (a plugin may be named so)
     plt.rcParams.update({"svg.hashsalt": "attnbench", "svg.fonttype": "none",
+                         "text.parse_math": False,
                          "figure.dpi": 100, "axes.titlesize": 10, "axes.labelsize": 9,
                          "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 7})
     return plt
@@ -636,6 +638,7 @@ def render_one(key, title, caption, draw, *args) -> FigureResult:
     plt = _pyplot()
     try:
         fig = draw(*args)
+        svg = to_svg(fig)  # drawing happens here: it can fail as the figure's code can
     except NoData as missing:
         plt.close("all")
         return FigureResult(key, title, caption, note=f"Nothing to draw: {missing}.", empty=True)
@@ -643,4 +646,4 @@ def render_one(key, title, caption, draw, *args) -> FigureResult:
         plt.close("all")
         return FigureResult(key, title, caption,
                             note=f"This figure could not be drawn: {type(exc).__name__}: {exc}")
-    return FigureResult(key, title, caption, svg=to_svg(fig))
+    return FigureResult(key, title, caption, svg=svg)

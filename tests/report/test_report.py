@@ -234,6 +234,26 @@ def test_the_report_groups_and_filters_by_node(tmp_path):
     assert {r["framework"] for r in records} == {"jax"}
 
 
+def test_a_variant_named_like_tex_is_drawn_as_its_name(tmp_path):
+    """matplotlib reads text between dollars as TeX: a plugin named ``full$\\frac$`` made
+    every figure with the name in it fail ("could not be drawn: ValueError")."""
+    from attnbench.runner.case import Case
+
+    run = tmp_path / "tex"
+    shutil.copytree(DATA / "torch-cpu", run)
+    rows = []
+    for line in (run / "results.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["case"]["variant"] == "full-fused":  # the author computes the case's id too
+            row["case"]["variant"] = "full$\\frac$"
+            row["case_id"] = Case.from_dict(row["case"]).case_id
+        rows.append(json.dumps(row) + "\n")
+    (run / "results.jsonl").write_text("".join(rows))
+    page = command.build_report([run], tmp_path / "out", attention_pattern=False).read_text()
+    assert "could not be drawn" not in page
+    assert page.count("full$\\frac$") >= 3  # in the figures' legends and in the tables
+
+
 def main_report(argv):
     from attnbench.cli import main
 
