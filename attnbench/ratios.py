@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from attnbench.runner.case import CaseIndex, distinct_labels
 from attnbench.runs import latest_per_case, row_case, row_label, row_metrics
 
 
@@ -72,72 +73,21 @@ class _SelectionFailed(Exception):
     pass
 
 
-def selector_matches(selector: dict[str, Any], case: dict[str, Any]) -> bool:
-    options = case.get("options") if isinstance(case.get("options"), dict) else {}
-    for key, want in selector.items():
-        if key == "attention" and want == "":  # the variant's own attention (TOML has no null)
-            if case.get("attention"):
-                return False
-            continue
-        if key in case:
-            have = case[key]
-        elif key in options:
-            have = options[key]
-        else:
-            return False
-        if have != want:
-            return False
-    return True
-
-
 def _describe(selector: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{k}={v!r}" for k, v in selector.items()) + "}"
 
 
-_ABSENT = object()
-
-
 class _RowIndex:
-    """One run's rows by each case field (or option) a selector names, built per field on
-    first use: selecting for C contracts costs about C + rows, not C x rows. A field holding
-    an unhashable value (a list, a table) in any row is scanned instead."""
+    """One run's rows, selected through a :class:`CaseIndex` of their cases: selecting for C
+    contracts costs about C + rows, not C x rows."""
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
-        self.cases = [row_case(row) for row in rows]
-        self._fields: dict[str, dict | None] = {}
-
-    def _field(self, key: str) -> dict | None:
-        if key not in self._fields:
-            index: dict | None = {}
-            for i, case in enumerate(self.cases):
-                options = case.get("options") if isinstance(case.get("options"), dict) else {}
-                have = case[key] if key in case else options.get(key, _ABSENT)
-                if have is _ABSENT:
-                    continue
-                try:
-                    index.setdefault(have, []).append(i)
-                except TypeError:  # unhashable: this field is scanned
-                    index = None
-                    break
-            self._fields[key] = index
-        return self._fields[key]
+        self.cases = CaseIndex([row_case(row) for row in rows])
 
     def matching(self, selector: dict[str, Any]) -> list[dict[str, Any]]:
-        """The rows ``selector`` matches, in row order (as :func:`selector_matches`)."""
-        candidates: list[int] | None = None
-        for key, want in selector.items():
-            if key == "attention" and want == "":  # "none": not indexed
-                continue
-            index = self._field(key)
-            try:
-                found = None if index is None else index.get(want, [])
-            except TypeError:  # an unhashable wanted value: left to the scan below
-                found = None
-            if found is not None and (candidates is None or len(found) < len(candidates)):
-                candidates = found
-        ids = range(len(self.rows)) if candidates is None else candidates
-        return [self.rows[i] for i in ids if selector_matches(selector, self.cases[i])]
+        """The rows ``selector`` matches, in row order (see :class:`CaseIndex`)."""
+        return [self.rows[i] for i in self.cases.matching(selector)]
 
 
 def _select(rows: _RowIndex, selector: dict[str, Any], role: str) -> dict[str, Any]:
@@ -147,7 +97,8 @@ def _select(rows: _RowIndex, selector: dict[str, Any], role: str) -> dict[str, A
     if not matches:
         raise _SelectionFailed(f"no case matches {role} {_describe(selector)}")
     if len(matches) > 1:
-        labels = ", ".join(row_label(r) for r in matches[:6])
+        shown = distinct_labels({str(i): row_case(r) for i, r in enumerate(matches[:6])})
+        labels = ", ".join(shown.values())
         more = f" and {len(matches) - 6} more" if len(matches) > 6 else ""
         raise _SelectionFailed(f"{role} {_describe(selector)} is ambiguous: it matches "
                                f"{len(matches)} cases ({labels}{more}); name more fields")

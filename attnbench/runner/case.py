@@ -191,3 +191,70 @@ def distinct_labels(cases: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
 def _shown(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str) if isinstance(value, dict | list) \
         else str(value)
+
+
+def selector_matches(selector: Mapping[str, Any], case: Mapping[str, Any]) -> bool:
+    """Whether every key of ``selector`` (a contract's side, an exclude) equals the case's
+    field, or, for a key that is not a field, its option; ``attention = ""`` is the variant's
+    own attention (TOML has no null)."""
+    options = case.get("options") if isinstance(case.get("options"), dict) else {}
+    for key, want in selector.items():
+        if key == "attention" and want == "":
+            if case.get("attention"):
+                return False
+            continue
+        if key in case:
+            have = case[key]
+        elif key in options:
+            have = options[key]
+        else:
+            return False
+        if have != want:
+            return False
+    return True
+
+
+_ABSENT = object()
+
+
+class CaseIndex:
+    """Case dicts by each field (or option) a selector names, built per field on first use,
+    so that C selectors over N cases cost about C + N, not C x N. A field holding an
+    unhashable value (a list, a table) in any case is scanned instead."""
+
+    def __init__(self, cases: list[Mapping[str, Any]]) -> None:
+        self.cases = cases
+        self._fields: dict[str, dict | None] = {}
+
+    def _field(self, key: str) -> dict | None:
+        if key not in self._fields:
+            index: dict | None = {}
+            for i, case in enumerate(self.cases):
+                options = case.get("options") if isinstance(case.get("options"), dict) else {}
+                have = case[key] if key in case else options.get(key, _ABSENT)
+                if have is _ABSENT:
+                    continue
+                try:
+                    index.setdefault(have, []).append(i)
+                except TypeError:  # unhashable: this field is scanned
+                    index = None
+                    break
+            self._fields[key] = index
+        return self._fields[key]
+
+    def matching(self, selector: Mapping[str, Any]) -> list[int]:
+        """The positions of the cases ``selector`` matches, in order (as
+        :func:`selector_matches`)."""
+        candidates: list[int] | None = None
+        for key, want in selector.items():
+            if key == "attention" and want == "":  # "none": not indexed
+                continue
+            index = self._field(key)
+            try:
+                found = None if index is None else index.get(want, [])
+            except TypeError:  # an unhashable wanted value: left to the scan below
+                found = None
+            if found is not None and (candidates is None or len(found) < len(candidates)):
+                candidates = found
+        ids = range(len(self.cases)) if candidates is None else candidates
+        return [i for i in ids if selector_matches(selector, self.cases[i])]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 import math
 import re
 import tomllib
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnbench.runner.accuracy_modes import check_options
-from attnbench.runner.case import DEVICES, DTYPES, FRAMEWORKS, MODES, Case
+from attnbench.runner.case import DEVICES, DTYPES, FRAMEWORKS, MODES, Case, CaseIndex
 from attnbench.safeio import UnsafePathError, read_text
 from attnbench.spec import FRAMEWORK_KERNELS, LSH_KERNELS, default_n_buckets, resolve_kernel
 from attnbench.variants import (
@@ -156,6 +157,7 @@ def parse_suite(data: dict, where: str = "<suite>", max_cases: int = MAX_CASES) 
         fail("contract", "must be [[contract]] tables")
     contracts = tuple(_contract(c, f"contract[{i}]", fail)
                       for i, c in enumerate(data.get("contract", [])))
+    _check_selectable(contracts, cases.values(), fail)
     return Suite(name=name, description=description, path=where,
                  cases=tuple(order_cases(cases.values())), contracts=contracts, source=data)
 
@@ -445,6 +447,25 @@ def _contract(entry, key: str, fail) -> dict:
         if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
             fail(f"{key}.{b}", f"{v!r} must be a positive number")
     return dict(entry)
+
+
+def _check_selectable(contracts: tuple[dict, ...], cases: Iterable[Case], fail) -> None:
+    """A contract side that selects none of the suite's cases can never pass: said when the
+    suite loads, not after the sweep. ``device`` is left out (``--device`` replaces it); a side
+    may select several cases (a ``--framework`` filter can leave one in the run)."""
+    if not contracts:
+        return
+    index = CaseIndex([case.to_dict() for case in cases])
+    for i, contract in enumerate(contracts):
+        for side in ("numerator", "denominator"):
+            selector = {k: v for k, v in contract[side].items() if k != "device"}
+            if selector and not index.matching(selector):
+                wanted = ", ".join(f"{k} = {json.dumps(v, default=str)}"
+                                   for k, v in selector.items())
+                fail(f"contract[{i}].{side}", f"{{{wanted}}} of contract "
+                     f"{contract['name']!r} selects none of this suite's cases, so the "
+                     "contract could never pass (is each value the case's, of its type: "
+                     "length = 4096, not \"4096\"?)")
 
 
 def order_cases(cases: Iterable[Case]) -> list[Case]:

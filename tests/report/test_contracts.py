@@ -150,7 +150,8 @@ def _rows(n: int) -> list[dict]:
     {"eval_attentions": ["full", "lsh-1"], "length": 64}, {"n_hashes": None},
     {"variant": "nope"}, {"options": {"inputs": "random"}, "length": 256}])
 def test_the_row_index_selects_what_a_scan_selects(selector):
-    from attnbench.ratios import _RowIndex, selector_matches
+    from attnbench.ratios import _RowIndex
+    from attnbench.runner.case import selector_matches
 
     rows = _rows(60)
     assert _RowIndex(rows).matching(selector) == [
@@ -161,10 +162,11 @@ def test_contracts_look_at_a_few_rows_each_not_every_row(monkeypatch):
     """Checking C contracts on R rows compares each selector with its few candidates: about C
     comparisons, where scanning took C x R (2,000 contracts on 10^4 rows took minutes)."""
     from attnbench import ratios
+    from attnbench.runner import case
 
     calls = []
-    scan = ratios.selector_matches
-    monkeypatch.setattr(ratios, "selector_matches", lambda s, c: calls.append(1) or scan(s, c))
+    scan = case.selector_matches
+    monkeypatch.setattr(case, "selector_matches", lambda s, c: calls.append(1) or scan(s, c))
     contracts = [{"name": f"c{j}", "metric": "time_median_s", "max_ratio": 10.0,
                   "numerator": {"variant": "lsh", "length": 64 * (j + 1)},
                   "denominator": {"variant": "full-fused", "length": 64 * (j + 1)}}

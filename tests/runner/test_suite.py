@@ -331,3 +331,33 @@ def test_an_exclude_on_a_resolved_field_or_an_options_table_removes_its_cases():
         "chunk_len": 32, "options": [{"inputs": "clustered"}, {"inputs": "random"}]}],
         "exclude": [{"options": {"inputs": "random"}}]})
     assert [c.options for c in approx.cases] == [{"inputs": "clustered"}]
+
+
+def _contract_suite(numerator: dict, denominator: dict) -> dict:
+    return {"name": "s", "sweep": [{"variant": ["full-fused", "lsh"], "framework": ["torch", "jax"],
+                                    "mode": "forward", "length": [128, 256], "chunk_len": 32}],
+            "contract": [{"name": "lsh below full", "metric": "time_median_s", "max_ratio": 1.0,
+                          "numerator": numerator, "denominator": denominator}]}
+
+
+@pytest.mark.parametrize("numerator, why", [
+    ({"variant": "lsh", "length": "256"}, '{variant = "lsh", length = "256"}'),  # a string
+    ({"variant": "lsh", "length": 2560}, '{variant = "lsh", length = 2560}'),    # a typo
+    ({"variant": "lsh", "options": {"inputs": "clustered"}},                  # no such case
+     'options = {"inputs": "clustered"}'),
+])
+def test_a_contract_that_selects_no_case_is_refused_when_the_suite_loads(numerator, why):
+    with pytest.raises(SuiteError, match="contract") as raised:
+        parse_suite(_contract_suite(numerator, {"variant": "full-fused", "length": 256}))
+    message = str(raised.value)
+    assert "contract[0].numerator" in message and why in message, message
+    assert "'lsh below full'" in message and "could never pass" in message
+
+
+def test_a_contract_may_select_several_cases_and_any_device():
+    # both frameworks match (a --framework filter leaves one), and --device replaces the
+    # device, so a cuda selector is not held against a cpu suite
+    suite = parse_suite(_contract_suite({"variant": "lsh", "length": 256},
+                                        {"variant": "full-fused", "length": 256,
+                                         "device": "cuda"}))
+    assert len(suite.contracts) == 1
