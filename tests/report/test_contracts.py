@@ -174,3 +174,19 @@ def test_contracts_look_at_a_few_rows_each_not_every_row(monkeypatch):
     results = ratios.evaluate_contracts(_rows(2000), contracts)
     assert all(r.passed for r in results), [r.message for r in results if not r.passed][:3]
     assert len(calls) <= 2 * 2 * len(contracts)  # two selectors, at most two candidates each
+
+
+def test_an_ambiguous_selector_names_the_cases_apart():
+    from attnbench import ratios
+    from attnbench.runner.case import Case
+
+    cases = [Case(variant="lsh", framework="torch", mode="forward", length=256, chunk_len=32,
+                  n_buckets=b) for b in (8, 16)]
+    cases.append(Case(variant="full-fused", framework="torch", mode="forward", length=256))
+    rows = [{"case_id": c.case_id, "case": c.to_dict(), "status": "ok",
+             "metrics": {"time_median_s": 1.0}} for c in cases]
+    [result] = ratios.evaluate_contracts(rows, [{
+        "name": "lsh below full", "metric": "time_median_s", "max_ratio": 1.0,
+        "numerator": {"variant": "lsh"}, "denominator": {"variant": "full-fused"}}])
+    assert not result.passed and "ambiguous" in result.message
+    assert "n_buckets=8" in result.message and "n_buckets=16" in result.message, result.message
