@@ -20,7 +20,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from attnbench.checks import check_local_args
 from attnbench.spec import AttentionSpec, FeedForwardSpec, ModelSpec
 
 LAYER_MODES = ("forward", "forward-backward", "approx")
@@ -72,7 +74,11 @@ class Attention:
     reproducible and the reversible stack can replay it. With ``shared_qk`` the function is
     given ``k = q`` (the Reformer's shared query-key projection). A function may also take
     keyword-only parameters named after case fields (``chunk_len``, ``n_hashes``,
-    ``n_buckets``, ``seed``): the harness passes those from the case.
+    ``n_buckets``, ``seed``): the harness passes those from the case. ``check_case(case)``,
+    given a case's fields as a dict, raises ``ValueError`` naming the rule a case breaks
+    (local: the length a multiple of ``chunk_len``): the suite parser calls it for every case
+    that runs the attention, so a sweep that breaks it is refused before it runs, not a
+    column of error rows.
     """
 
     name: str
@@ -80,6 +86,7 @@ class Attention:
     torch: Callable | None = None
     jax: Callable | None = None
     shared_qk: bool = False
+    check_case: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def frameworks(self) -> tuple[str, ...]:
@@ -98,7 +105,9 @@ ATTENTIONS: dict[str, Attention] = {}
 
 
 def register_attention(name: str, *, summary: str, torch: Callable | None = None,
-                       jax: Callable | None = None, shared_qk: bool = False) -> Attention:
+                       jax: Callable | None = None, shared_qk: bool = False,
+                       check_case: Callable[[dict[str, Any]], None] | None = None
+                       ) -> Attention:
     """Register an attention function under ``name`` (see :class:`Attention`), for one
     framework or both. Registering the same functions again is a no-op; another attention
     under a name already taken is an error."""
@@ -115,7 +124,10 @@ def register_attention(name: str, *, summary: str, torch: Callable | None = None
     if torch is None and jax is None:
         raise ValueError(f"register_attention({name!r}): give a torch or a jax function "
                          "(or both)")
-    attention = Attention(name, summary, torch, jax, bool(shared_qk))
+    if check_case is not None and not callable(check_case):
+        raise ValueError(f"register_attention({name!r}): check_case={check_case!r} is not "
+                         "callable")
+    attention = Attention(name, summary, torch, jax, bool(shared_qk), check_case)
     known = ATTENTIONS.get(name)
     if known is not None and known != attention:
         raise ValueError(f"attention {name!r} is already registered")
@@ -309,11 +321,16 @@ def load_plugin(ref: str) -> None:
         importlib.import_module(ref)
 
 
+def _local_case(case: dict[str, Any]) -> None:
+    check_local_args(case["length"], case["chunk_len"])
+
+
 register_attention(
     "local", summary="blocked sliding-window attention: each query attends to its own chunk "
     "and the one before (chunk_len), exact within it; the baseline LSH must beat",
     torch=_Lazy("attnbench.torch_impl.local_attention", "local_attention", ("chunk_len",)),
-    jax=_Lazy("attnbench.jax_impl.local_attention", "local_attention", ("chunk_len",)))
+    jax=_Lazy("attnbench.jax_impl.local_attention", "local_attention", ("chunk_len",)),
+    check_case=_local_case)
 
 
 def get_variant(name: str) -> Variant:

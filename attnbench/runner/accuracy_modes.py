@@ -57,6 +57,12 @@ def check_options(case, variant: Variant) -> None:
                 raise ValueError(f"options.eval_attentions: attention {name!r} has no "
                                  f"{case.framework} function (it has "
                                  f"{', '.join(ATTENTIONS[name].frameworks)})")
+            if name in ATTENTIONS and ATTENTIONS[name].check_case is not None:
+                try:
+                    ATTENTIONS[name].check_case(case.to_dict())
+                except ValueError as exc:
+                    raise ValueError(f"options.eval_attentions: attention {name!r} cannot "
+                                     f"run this case: {exc}") from None
     elif case.options:
         raise ValueError(f"options {sorted(case.options)}: mode {case.mode!r} takes no options "
                          "(only approx and task do)")

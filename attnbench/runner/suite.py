@@ -399,6 +399,12 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
         check_options(case, variant)
     except ValueError as exc:
         fail(f"{key}.options", str(exc))
+    runs = attention or (variant.name if variant.name in ATTENTIONS else None)
+    if runs is not None and ATTENTIONS[runs].check_case is not None:
+        try:
+            ATTENTIONS[runs].check_case(case.to_dict())
+        except ValueError as exc:  # its own rule (local: whole chunks), said before the sweep
+            fail(key, f"{case.label()}: attention {runs!r} cannot run this case: {exc}")
     return case
 
 

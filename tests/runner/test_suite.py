@@ -361,3 +361,41 @@ def test_a_contract_may_select_several_cases_and_any_device():
                                         {"variant": "full-fused", "length": 256,
                                          "device": "cuda"}))
     assert len(suite.contracts) == 1
+
+
+@pytest.mark.parametrize("sweep", [
+    {"variant": "local", "mode": "forward"},                                   # the layer
+    {"variant": "transformer", "attention": "local", "mode": "train-step"},    # in a model
+])
+def test_a_case_that_breaks_a_registered_attentions_rule_is_refused_before_the_sweep(sweep):
+    with pytest.raises(SuiteError) as raised:
+        parse_suite({"name": "s", "sweep": [{**sweep, "framework": "torch",
+                                             "length": [128, 100], "chunk_len": 32}]})
+    message = str(raised.value)
+    assert "L=100" in message and "attention 'local' cannot run this case" in message, message
+    assert "length=100: must be a multiple of chunk_len=32" in message
+
+
+def test_a_plugins_own_case_rule_is_asked_for_every_case_that_runs_it():
+    """``check_case`` is the user's: the parser calls it with each case's fields."""
+    from attnbench.variants import ATTENTIONS, register_attention
+    from tests.registry import forget_attentions
+
+    seen = []
+
+    def even_heads(case):
+        seen.append((case["length"], case["n_heads"]))
+        if case["n_heads"] % 2:
+            raise ValueError(f"n_heads={case['n_heads']}: must be even")
+
+    try:
+        register_attention("even-heads", summary="a test attention with a rule",
+                           torch=ATTENTIONS["local"].torch, check_case=even_heads)
+        sweep = {"variant": "even-heads", "framework": "torch", "mode": "forward",
+                 "length": [64, 128], "d_model": 16}
+        assert len(parse_suite({"name": "s", "sweep": [{**sweep, "n_heads": 2}]}).cases) == 2
+        assert sorted(seen) == [(64, 2), (128, 2)]
+        with pytest.raises(SuiteError, match="'even-heads' cannot run this case: n_heads=1"):
+            parse_suite({"name": "s", "sweep": [{**sweep, "n_heads": 1}]})
+    finally:
+        forget_attentions("even-heads")
