@@ -27,16 +27,19 @@ SECTIONS_ORDER = ("summary", "contracts", "largest-fit", "figures", "exponents",
 
 
 def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | None = None,
-                 attention_pattern: bool = True, nodes: list[str] | None = None) -> Path:
+                 attention_pattern: bool = True, nodes: list[str] | None = None,
+                 sources: list[Source] | None = None) -> Path:
     """Write ``index.html`` and ``results.csv`` into ``out_dir``; returns the HTML path.
-    ``nodes``: only the rows measured on these hosts (``node_host``)."""
+    ``nodes``: only the rows measured on these hosts (``node_host``); ``sources``: the
+    inputs already loaded (reading 20,000 rows again costs seconds)."""
     try:
         from attnbench.report import figures, html, pattern, tables
         from attnbench.report.frame import tidy_frame
     except ImportError as exc:
         raise ImportError(f"attnbench report needs pandas and seaborn ({exc.name} is "
                           "missing): pip install 'attnbench[report]'") from None
-    sources = load_sources(list(inputs))
+    if sources is None:
+        sources = load_sources(list(inputs))
     if nodes:
         sources = [only_nodes(s, nodes) for s in sources]
     out_dir = Path(out_dir)
@@ -204,7 +207,8 @@ def run(args: argparse.Namespace) -> int:
         return error(str(exc))
     try:
         path = build_report(args.runs, out_dir, title=args.title,
-                            attention_pattern=not args.no_attention_pattern, nodes=args.node)
+                            attention_pattern=not args.no_attention_pattern, nodes=args.node,
+                            sources=sources)
     except ImportError as exc:
         print(f"attnbench report: {exc}", file=sys.stderr)
         return 2

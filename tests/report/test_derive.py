@@ -51,3 +51,57 @@ def test_largest_fit_and_speedup():
     speed = derive.speedups(frame)
     assert list(speed["series"]) == ["lsh h=1"] and list(speed["length"]) == [1024]
     assert speed["speedup"].iloc[0] == pytest.approx(4.0)
+
+
+def test_largest_fit_of_series_that_failed_first_last_or_in_between():
+    rows = [row("full-fused", 512, "oom"), row("full-fused", 1024, "timeout"),  # never ok
+            row("lsh", 512, "timeout", n_hashes=1), row("lsh", 1024, n_hashes=1,
+                                                         time_median_s=0.1),
+            row("lsh", 2048, n_hashes=1, time_median_s=0.2),  # a failure below the largest ok
+            row("lsh", 512, n_hashes=2, time_median_s=0.1), row("lsh", 1024, "error",
+                                                                  n_hashes=2),
+            row("lsh", 2048, "oom", n_hashes=2)]
+    fits = derive.largest_fit(frame_of(rows))
+    assert list(fits["series"]) == ["full-fused", "lsh h=1", "lsh h=2"]  # first seen first
+
+    def value(v):  # a missing value reads as NaN in the frame
+        return None if v is None or v != v else v
+
+    got = {r["series"]: tuple(value(r[c]) for c in ("largest ok length", "first failure",
+                                                     "failure status"))
+           for _, r in fits.iterrows()}
+    assert got == {"full-fused": (None, 512, "oom"), "lsh h=1": (2048, None, None),
+                   "lsh h=2": (512, 1024, "error")}
+
+
+def test_scaling_exponent_and_residual_of_a_noisy_series_match_a_least_squares_fit():
+    import numpy as np
+
+    lengths, times = [256, 512, 1024, 2048], [1.0e-3, 2.3e-3, 3.9e-3, 8.8e-3]
+    rows = [row("lsh", n, n_hashes=1, time_median_s=t) for n, t in zip(lengths, times,
+                                                                         strict=True)]
+    rows.append(row("lsh", 4096, "oom", n_hashes=1))  # not a point of the fit
+    [fit] = derive.scaling_exponents(frame_of(rows), metrics=("time_median_s",)).to_dict(
+        "records")
+    x, y = np.log(lengths), np.log(times)
+    slope, intercept = np.polyfit(x, y, 1)
+    assert fit["exponent"] == pytest.approx(slope, rel=1e-9)
+    assert fit["rms residual"] == pytest.approx(
+        np.sqrt(np.mean((y - slope * x - intercept) ** 2)), rel=1e-9)
+    assert (fit["lengths"], fit["points"], fit["series"]) == ("256-2048", 4, "lsh h=1")
+
+
+def test_series_names_say_only_what_tells_them_apart_and_setups_the_run_and_device():
+    rows = []
+    for d_model in (64, 128):
+        for n in (256, 512):
+            r = row("lsh", n, n_hashes=1, time_median_s=0.1)
+            r["case"] = {**r["case"], "d_model": d_model, "causal": True}
+            r["case_id"] += str(d_model)
+            rows.append(r)
+    framed = derive.with_series(frame_of(rows))
+    assert sorted(set(framed["series"])) == ["lsh h=1 d_model=128", "lsh h=1 d_model=64"]
+    assert framed["series_key"].nunique() == 2 and set(framed["setup"]) == {"torch"}
+    several = framed.assign(run_id=["a", "a", "b", "b"], device=["cpu", "cpu", "cuda", "cuda"])
+    assert list(derive.with_series(several)["setup"]) == [
+        "torch/cpu [a]", "torch/cpu [a]", "torch/cuda [b]", "torch/cuda [b]"]
