@@ -17,10 +17,23 @@ from attnbench.report import derive, paper
 FAILED_STATUSES = ("oom", "timeout", "error")
 FAILURE_MARKERS = {"oom": "X", "timeout": "v", "error": "D"}
 MAX_PANELS = 6
+# More lines (or bars of one panel) than this cannot be told apart by colour and legend, and
+# drawing thousands of them takes minutes: the figure says so and the tables hold them.
+MAX_SERIES = 40
 
 
 class NoData(Exception):
     """Raised by a figure function: the note to show instead of the figure."""
+
+
+class TooMany(Exception):
+    """Raised by a figure function: more series than one figure can show (:data:`MAX_SERIES`)."""
+
+
+def _at_most(count: int, what: str) -> None:
+    if count > MAX_SERIES:
+        raise TooMany(f"{count:,} {what} are more than one figure can tell apart (at most "
+                      f"{MAX_SERIES}); the tables and results.csv hold every one")
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,7 @@ def _over_length(frame, metric, ylabel, analytic=None):
     has_value = series[metric].notna() & (series["status"] == "ok")
     if not has_value.any():
         raise NoData(f"no ok case has {metric} (every case failed or the metric is missing)")
+    _at_most(len(series[["mode", "series", "setup"]].drop_duplicates()), "series")
     series = _with_fit_labels(series)
     modes = _panels(series, "mode")
     fig, axes = _subplots(len(modes), width=7.0, height=4.2, cols=1)
@@ -181,6 +195,7 @@ def speedup_over_full(frame):
     if not len(speed):
         raise NoData("no variant was measured ok beside its full-attention (or transformer) "
                      "baseline at the same length")
+    _at_most(len(speed[["mode", "series", "setup"]].drop_duplicates()), "series")
     modes = _panels(speed, "mode")
     fig, axes = _subplots(len(modes), width=7.0, height=4.0, cols=1)
     palette = _palette(speed["series"])
@@ -560,6 +575,7 @@ def scaling_exponent_bars(frame):
     fits = derive.scaling_exponents(frame)
     if not len(fits):
         raise NoData("no series has ok results at three or more lengths")
+    _at_most(int(fits.groupby("metric").size().max()), "fitted series")  # bars of a panel
     fits = fits.assign(name=fits["series"] + " | " + fits["mode"])
     metrics = _panels(fits, "metric")
     fig, axes = _subplots(len(metrics), width=7.0, height=1.0 + 0.3 * len(fits) / len(metrics),
@@ -642,6 +658,9 @@ def render_one(key, title, caption, draw, *args) -> FigureResult:
     except NoData as missing:
         plt.close("all")
         return FigureResult(key, title, caption, note=f"Nothing to draw: {missing}.", empty=True)
+    except TooMany as crowded:
+        plt.close("all")
+        return FigureResult(key, title, caption, note=f"Not drawn: {crowded}.")
     except Exception as exc:  # a figure that fails must not take the report down
         plt.close("all")
         return FigureResult(key, title, caption,

@@ -105,3 +105,29 @@ def test_series_names_say_only_what_tells_them_apart_and_setups_the_run_and_devi
     several = framed.assign(run_id=["a", "a", "b", "b"], device=["cpu", "cpu", "cuda", "cuda"])
     assert list(derive.with_series(several)["setup"]) == [
         "torch/cpu [a]", "torch/cpu [a]", "torch/cuda [b]", "torch/cuda [b]"]
+
+
+@pytest.mark.parametrize("seeds, drawn", [(40, True), (41, False)])
+def test_a_figure_of_more_series_than_can_be_told_apart_says_so(seeds, drawn):
+    from attnbench.report import figures
+
+    rows = []
+    for seed in range(seeds):  # a seed sweep: each seed is its own series
+        for n in (256, 512, 1024):
+            r = row("lsh", n, n_hashes=1, time_median_s=1e-5 * n, mem_peak_mb=0.01 * n)
+            r["case"] = {**r["case"], "seed": seed}
+            r["case_id"] += f"s{seed}"
+            rows.append(r)
+    frame = frame_of(rows)
+    what = {"time-vs-length": "series", "scaling": "fitted series"}
+    for key, title, draw, caption in figures.FIGURES:
+        if key not in what:
+            continue
+        result = figures.render_one(key, title, caption, draw, frame)
+        if drawn:
+            assert result.svg is not None, (key, result.note)
+            continue
+        assert result.svg is None and not result.empty  # a box with its note
+        assert result.note == (f"Not drawn: {seeds} {what[key]} are more than one figure can "
+                               "tell apart (at most 40); the tables and results.csv hold "
+                               "every one."), result.note
