@@ -108,7 +108,8 @@ def speedups(frame, metric="time_median_s"):
     """baseline / variant for every ok timed row that has a baseline at the same point.
 
     Layers are compared with full-fused (else full-naive) attention, models with the
-    transformer, in the same run, framework, device, dtype, mode, length and widths."""
+    transformer, in the same run, framework, device, dtype, mode, length and widths; where
+    the baseline was measured at several seeds (a seed sweep), with the row's own seed."""
     import pandas as pd
 
     columns = ["run_id", "mode", "series", "setup", "length", "baseline", "speedup"]
@@ -126,18 +127,21 @@ def speedups(frame, metric="time_median_s"):
     records = []
     for _, group in ok.groupby(keys, dropna=False, sort=False):
         names = LAYER_BASELINES if group["family"].iloc[0] == "layer" else MODEL_BASELINES
-        base = next((group[group["variant"] == n] for n in names
-                     if (group["variant"] == n).sum() == 1), None)
-        if base is None:
+        baseline = next((n for n in names if (group["variant"] == n).any()), None)
+        if baseline is None:
             continue
-        base_value = float(base[metric].iloc[0])
+        bases = group[group["variant"] == baseline]
         for _, row in group.iterrows():
-            if row["variant"] == base["variant"].iloc[0] or not row[metric]:
+            if row["variant"] == baseline or not row[metric]:
+                continue
+            base = bases if len(bases) == 1 or "seed" not in bases.columns else \
+                bases[bases["seed"] == row["seed"]]
+            if len(base) != 1:  # no baseline of its own seed, or still several
                 continue
             records.append({"run_id": row["run_id"], "mode": row["mode"],
                             "series": row["series"], "setup": row["setup"],
-                            "length": row["length"], "baseline": base["variant"].iloc[0],
-                            "speedup": base_value / float(row[metric])})
+                            "length": row["length"], "baseline": baseline,
+                            "speedup": float(base[metric].iloc[0]) / float(row[metric])})
     return pd.DataFrame.from_records(records, columns=columns)
 
 

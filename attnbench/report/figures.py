@@ -607,7 +607,8 @@ FIGURES = (
      "estimate (dotted, same colour)."),
     ("speedup", "Speed-up over full attention", speedup_over_full,
      "Baseline time / variant time at the same point of the same run (layers against "
-     "full-fused attention, models against the transformer). Above 1 is faster."),
+     "full-fused attention, models against the transformer; in a seed sweep, the baseline "
+     "of the same seed). Above 1 is faster."),
     ("scaling", "Scaling exponents", scaling_exponent_bars,
      "Slope of a least-squares line through log(metric) vs log(length): 1 is linear, 2 "
      "quadratic (dashed and dotted lines)."),

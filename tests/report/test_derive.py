@@ -131,3 +131,20 @@ def test_a_figure_of_more_series_than_can_be_told_apart_says_so(seeds, drawn):
         assert result.note == (f"Not drawn: {seeds} {what[key]} are more than one figure can "
                                "tell apart (at most 40); the tables and results.csv hold "
                                "every one."), result.note
+
+
+def test_a_seed_sweep_takes_each_speedup_over_the_baseline_of_its_own_seed():
+    def seeded(variant, seed, t, n_hashes=None):
+        r = row(variant, 1024, n_hashes=n_hashes, time_median_s=t)
+        r["case"] = {**r["case"], "seed": seed}
+        r["case_id"] += f"s{seed}"
+        return r
+
+    rows = [seeded("full-fused", 0, 0.4), seeded("full-fused", 1, 0.6),
+            seeded("lsh", 0, 0.1, 1), seeded("lsh", 1, 0.2, 1)]
+    speed = derive.speedups(frame_of(rows))
+    assert sorted(speed["speedup"]) == pytest.approx([3.0, 4.0])  # 0.6 / 0.2, 0.4 / 0.1
+    # one baseline, several seeds of the variant: each over that baseline
+    speed = derive.speedups(frame_of([seeded("full-fused", 0, 0.4), *rows[2:]]))
+    assert sorted(speed["speedup"]) == pytest.approx([2.0, 4.0])
+    assert set(speed["baseline"]) == {"full-fused"}
