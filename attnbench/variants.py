@@ -141,6 +141,23 @@ def register_attention(name: str, *, summary: str, torch: Callable | None = None
     return attention
 
 
+def case_rule_problem(name: str, case: dict[str, Any]) -> str | None:
+    """What registered attention ``name``'s ``check_case`` says of ``case`` (None: nothing).
+    A rule it states is a ``ValueError``; anything else it raises is its own bug, said as
+    such rather than as a traceback out of the suite parser."""
+    check = ATTENTIONS[name].check_case
+    if check is None:
+        return None
+    try:
+        check(case)
+    except ValueError as exc:
+        return f"attention {name!r} cannot run this case: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a plugin's bug, named with the attention
+        return (f"attention {name!r}: its check_case raised {type(exc).__name__}: {exc} "
+                "(a rule it states should be a ValueError)")
+    return None
+
+
 def get_attention(name: str) -> Attention:
     load_installed_attentions()
     try:

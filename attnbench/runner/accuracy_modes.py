@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from attnbench.variants import ATTENTIONS, Variant, attention_spec
+from attnbench.variants import ATTENTIONS, Variant, attention_spec, case_rule_problem
 
 APPROX_OPTIONS = {"inputs": "random", "n_clusters": 8, "n_seeds": 5}
 
@@ -57,12 +57,9 @@ def check_options(case, variant: Variant) -> None:
                 raise ValueError(f"options.eval_attentions: attention {name!r} has no "
                                  f"{case.framework} function (it has "
                                  f"{', '.join(ATTENTIONS[name].frameworks)})")
-            if name in ATTENTIONS and ATTENTIONS[name].check_case is not None:
-                try:
-                    ATTENTIONS[name].check_case(case.to_dict())
-                except ValueError as exc:
-                    raise ValueError(f"options.eval_attentions: attention {name!r} cannot "
-                                     f"run this case: {exc}") from None
+            problem = case_rule_problem(name, case.to_dict()) if name in ATTENTIONS else None
+            if problem:
+                raise ValueError(f"options.eval_attentions: {problem}")
     elif case.options:
         raise ValueError(f"options {sorted(case.options)}: mode {case.mode!r} takes no options "
                          "(only approx and task do)")

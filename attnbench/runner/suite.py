@@ -41,6 +41,7 @@ from attnbench.variants import (
     ATTENTIONS,
     VARIANTS,
     attention_keywords,
+    case_rule_problem,
     load_installed_attentions,
     load_plugin,
 )
@@ -400,11 +401,9 @@ def _make_case(point: dict, key: str, suite: str, fail) -> Case:
     except ValueError as exc:
         fail(f"{key}.options", str(exc))
     runs = attention or (variant.name if variant.name in ATTENTIONS else None)
-    if runs is not None and ATTENTIONS[runs].check_case is not None:
-        try:
-            ATTENTIONS[runs].check_case(case.to_dict())
-        except ValueError as exc:  # its own rule (local: whole chunks), said before the sweep
-            fail(key, f"{case.label()}: attention {runs!r} cannot run this case: {exc}")
+    problem = case_rule_problem(runs, case.to_dict()) if runs is not None else None
+    if problem:  # its own rule (local: whole chunks), said before the sweep
+        fail(key, f"{case.label()}: {problem}")
     return case
 
 

@@ -397,5 +397,14 @@ def test_a_plugins_own_case_rule_is_asked_for_every_case_that_runs_it():
         assert sorted(seen) == [(64, 2), (128, 2)]
         with pytest.raises(SuiteError, match="'even-heads' cannot run this case: n_heads=1"):
             parse_suite({"name": "s", "sweep": [{**sweep, "n_heads": 1}]})
+        # a check with a bug of its own is named as one, never a traceback from the parser
+        register_attention("buggy-check", summary="a test attention whose check has a bug",
+                           torch=ATTENTIONS["local"].torch,
+                           check_case=lambda case: case["no_such_field"])
+        with pytest.raises(SuiteError) as raised:
+            parse_suite({"name": "s", "sweep": [{**sweep, "variant": "buggy-check",
+                                                 "n_heads": 2}]})
+        assert "attention 'buggy-check': its check_case raised KeyError: 'no_such_field'" \
+            in str(raised.value), raised.value
     finally:
-        forget_attentions("even-heads")
+        forget_attentions("even-heads", "buggy-check")
