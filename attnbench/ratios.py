@@ -69,6 +69,11 @@ def _positive_finite(value: Any) -> bool:
     return _is_number(value) and math.isfinite(value) and value > 0
 
 
+def within_bounds(ratio: float, min_ratio: float | None, max_ratio: float | None) -> bool:
+    """Whether a measured ratio meets a contract's bounds (a bound of None holds nothing)."""
+    return (max_ratio is None or ratio <= max_ratio) and (min_ratio is None or ratio >= min_ratio)
+
+
 class _SelectionFailed(Exception):
     pass
 
@@ -162,8 +167,7 @@ def evaluate_contract(rows: list[dict[str, Any]] | _RowIndex,
         return ContractResult(passed=False, message=(
             f"{metric}: {num_label} {num!r} / {den_label} {den!r} = {ratio!r}: not a finite "
             "positive ratio"), **common)
-    passed = ((max_ratio is None or ratio <= max_ratio)
-              and (min_ratio is None or ratio >= min_ratio))
+    passed = within_bounds(ratio, min_ratio, max_ratio)
     result = ContractResult(passed=passed, message="", ratio=ratio, numerator_value=num,
                             denominator_value=den, numerator_label=num_label,
                             denominator_label=den_label, **common)

@@ -52,6 +52,7 @@ from attnbench.history.model import (
     Series,
     Step,
 )
+from attnbench.ratios import within_bounds
 from attnbench.safeio import UnsafePathError, read_bytes, write_atomic
 from attnbench.units import format_seconds
 
@@ -433,8 +434,7 @@ def point_tooltip(site: Site, series: Series, p: Point) -> str:
     wants = [f"{sign} {v:g}" for sign, v in (("\u2265", p.bound_lo), ("\u2264", p.bound_hi))
              if finite(v)]
     if wants:
-        met = is_value(p) and (not finite(p.bound_lo) or p.value >= p.bound_lo) and \
-            (not finite(p.bound_hi) or p.value <= p.bound_hi)
+        met = is_value(p) and within_bounds(p.value, p.bound_lo, p.bound_hi)
         lines.append(f"contract: want {' and '.join(wants)}: "
                      + ("met" if met else "missed" if is_value(p) else "not measured"))
     if p.unstable:
